@@ -1,0 +1,3 @@
+from pointdr2.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""Configuration: YAML files with ``_base_`` inheritance, dotted overrides and key checking.
+
+A config is a tree of dicts. ``load_config(path, overrides)`` resolves it in this order:
+
+1. ``DEFAULTS`` below (every key the engine knows, with its default),
+2. the ``_base_`` files of ``path`` (a string or a list, relative to the file that names them,
+   merged left to right, recursively),
+3. the file itself,
+4. the ``key=value`` overrides (values parsed as YAML scalars).
+
+Keys are checked against the merged tree: a file or override may only set a key that exists in
+``DEFAULTS`` or in one of its bases, except inside the *open* sections (``dataset``, ``model``) whose keys belong to the builders in ``pointdr2.data`` / ``pointdr2.models``, which
+check them. An override may add a new key only when written ``+key=value``. Unknown keys raise
+``ConfigError`` naming the closest known keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "DEFAULTS", "load_config", "dump_config", "find_config"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key or file."""
+
+
+# Sections whose keys are owned (and validated) by the dataset / model builders.
+OPEN_SECTIONS = ("dataset", "model")
+
+# Every engine-level key with its default. Keep in step with ../shared/API.md and the README.
+DEFAULTS: dict[str, Any] = {
+    "dataset": {},
+    "model": {},
+    "finetune": {
+        # dr2net | conventional | checkpoint
+        "mode": "dr2net",
+        # Coefficient schedules: start and end values of alpha and beta (CoefficientSchedule).
+        "alpha": [1.0, 0.0],
+        "beta": [0.1, 1.0],
+        # linear | cosine | step (the reference's alternating every-2-epochs steps)
+        "shape": "step",
+        "start_epoch": 0,
+        "end_epoch": 20,
+        # Update the coefficients every step (fractional epochs) or once per epoch.
+        "per_step": True,
+        # Dr2Stack output: "last" (exact at alpha=1, beta=0) or "mean" (reference implementation).
+        "output": "last",
+        # Backprop mode of the stacks in dr2net finetuning: auto | reversible.
+        "backprop": "auto",
+        # Anchor spacing for reversible mode (null = the whole stack); auto mode chooses its own.
+        "cache_every": None,
+        # Precision guard: target relative reconstruction error for auto mode.
+        "tolerance": 1.0e-4,
+        # Recompute the tokenizer / downsampling layers in the backward pass (dr2net, checkpoint).
+        "recompute_stem": True,
+    },
+    "train": {
+        "epochs": 300,
+        "batch_size": 32,
+        "lr": 5.0e-4,
+        "min_lr": 1.0e-6,
+        "weight_decay": 0.05,
+        "warmup_epochs": 10,
+        "optimizer": "adamw",
+        "betas": [0.9, 0.999],
+        "label_smoothing": 0.0,
+        "grad_clip": 10.0,
+        "accumulate": 1,
+        # none | bf16 | fp16
+        "amp": "none",
+        "seed": 0,
+        "num_workers": 4,
+        # Model selection: "val" (a split carved from the training data) or "test" (as the papers).
+        "select_on": "val",
+        "val_fraction": 0.1,
+        "val_every": 1,
+        "device": "auto",
+        "deterministic": False,
+    },
+    "eval": {
+        "batch_size": 32,
+        "vote": 1,
+    },
+    "run": {
+        "dir": "runs/default",
+        "log_every": 10,
+        "tensorboard": True,
+        "progress": True,
+    },
+}
+
+
+class Config(dict):
+    """A dict with attribute access; nested dicts are Configs too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for key, value in list(self.items()):
+            if isinstance(value, Mapping) and not isinstance(value, Config):
+                dict.__setitem__(self, key, Config(value))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}; known: {sorted(self)}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if isinstance(value, Mapping) and not isinstance(value, Config):
+            value = Config(value)
+        super().__setitem__(key, value)
+
+    def __deepcopy__(self, memo: dict) -> Config:
+        return Config({k: copy.deepcopy(v, memo) for k, v in self.items()})
+
+    def to_dict(self) -> dict:
+        """A plain-dict deep copy (for YAML dumps and checkpoints)."""
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+
+    def get_path(self, dotted: str, default: Any = None) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+
+def _flat_keys(tree: Mapping, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        if isinstance(value, Mapping):
+            keys.extend(_flat_keys(value, path + "."))
+    return keys
+
+
+def _unknown_key_error(key: str, known_tree: Mapping, where: str) -> ConfigError:
+    known = _flat_keys(known_tree)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    if not close:
+        # Fall back to the siblings of the closest existing parent.
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        close = [k for k in known if parent and k.startswith(parent + ".") and k.count(".") == key.count(".")]
+        close = close[:5]
+    hint = f"; closest known keys: {', '.join(close)}" if close else f"; known sections: {', '.join(known_tree)}"
+    return ConfigError(f"unknown config key {key!r} in {where}{hint}")
+
+
+def _merge(base: dict, update: Mapping, *, where: str, prefix: str = "") -> dict:
+    """Deep-merge ``update`` into ``base`` (in place) and return it. Keys are checked elsewhere."""
+    for key, value in update.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys must be strings, got {key!r} in {where}")
+        path = f"{prefix}{key}"
+        if key in base and isinstance(base[key], Mapping) and isinstance(value, Mapping):
+            _merge(base[key], value, where=where, prefix=path + ".")
+        elif key in base and isinstance(base[key], Mapping) and base[key] and value is not None:
+            raise ConfigError(f"config key {path!r} in {where} is a section; expected a mapping, got {value!r}")
+        else:
+            base[key] = copy.deepcopy(dict(value)) if isinstance(value, Mapping) else copy.deepcopy(value)
+    return base
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _resolve_file(path: Path, stack: tuple[Path, ...]) -> dict:
+    """The file's tree with its bases merged in (without DEFAULTS), unchecked."""
+    path = path.resolve()
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise ConfigError(f"circular _base_ inheritance: {chain}")
+    data = _read_yaml(path)
+    bases = data.pop("_base_", None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"_base_ in {path} must be a path or a list of paths, got {bases!r}")
+    merged: dict = {}
+    for base in bases:
+        base_path = Path(os.path.expanduser(base))
+        if not base_path.is_absolute():
+            base_path = path.parent / base_path
+        if not base_path.is_file():
+            raise ConfigError(f"_base_ file {base!r} named in {path} not found (looked for {base_path})")
+        _merge(merged, _resolve_file(base_path, (*stack, path)), where=str(base_path))
+    return _merge(merged, data, where=str(path))
+
+
+def _check_known(tree: Mapping, known: Mapping, where: str, prefix: str = "") -> None:
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if path.split(".")[0] in OPEN_SECTIONS:
+            continue
+        if key not in known:
+            raise _unknown_key_error(path, DEFAULTS, where)
+        if isinstance(value, Mapping) and isinstance(known[key], Mapping) and known[key]:
+            _check_known(value, known[key], where, path + ".")
+
+
+def parse_override(text: str) -> tuple[str, Any, bool]:
+    """Split ``key=value`` (or ``+key=value``) into (key, YAML-parsed value, is_new)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. train.epochs=2)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    is_new = key.startswith("+")
+    key = key.lstrip("+")
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key; expected a dotted path like train.lr=1e-3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads "1e-3" as a string; users mean a number.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") and value.strip() not in ("", ".") else value
+        except ValueError:
+            pass
+    return key, value, is_new
+
+
+def _set_dotted(tree: dict, key: str, value: Any, *, is_new: bool) -> None:
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
+        if part not in node:
+            if not (is_new or parts[0] in OPEN_SECTIONS):
+                raise _unknown_key_error(key, tree, "overrides")
+            node[part] = {}
+        elif not isinstance(node[part], dict):
+            raise ConfigError(f"override {key!r}: {here!r} is a value ({node[part]!r}), not a section")
+        node = node[part]
+    leaf = parts[-1]
+    if leaf not in node and not (is_new or parts[0] in OPEN_SECTIONS):
+        raise _unknown_key_error(key, tree, "overrides (write +key=value to add a new key)")
+    if isinstance(node.get(leaf), dict) and node[leaf] and not isinstance(value, dict):
+        raise ConfigError(f"override {key!r} names a section; set one of its keys instead: "
+                          f"{', '.join(key + '.' + k for k in node[leaf])}")
+    node[leaf] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> Config:
+    """Load ``path`` (or only the defaults when ``path`` is None) and apply ``overrides``.
+
+    Raises ``ConfigError`` (a ``ValueError``) with a one-line message for a missing file, invalid
+    YAML, a circular or missing ``_base_``, or an unknown key.
+    """
+    tree = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        file_tree = _resolve_file(path, ())
+        _check_known(file_tree, DEFAULTS, str(path))
+        _merge(tree, file_tree, where=str(path))
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    for text in overrides:
+        key, value, is_new = parse_override(text)
+        _set_dotted(tree, key, value, is_new=is_new)
+    cfg = Config(tree)
+    # Where the config came from, kept off the tree so dumps and comparisons see only settings.
+    object.__setattr__(cfg, "_source_path", None if path is None else str(path))
+    return cfg
+
+
+def dump_config(cfg: Mapping, path: str | os.PathLike | None = None) -> str:
+    """The resolved config as YAML (written to ``path`` when given)."""
+    plain = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
+    text = yaml.safe_dump(plain, sort_keys=False, default_flow_style=None)
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """Resolve a config path: as given, else relative to the repository's ``configs/`` folder."""
+    candidates = [Path(name)]
+    repo_configs = Path(__file__).resolve().parent.parent / "configs"
+    candidates += [repo_configs / name, repo_configs / f"{name}.yaml"]
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config file not found: {name} (also looked in {repo_configs})")
