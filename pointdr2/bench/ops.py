@@ -1,0 +1,196 @@
+"""``pointdr2 bench ops``: every op backend side by side with a compiled anchor, in one run.
+
+The anchor is open3d.ml.torch's CPU ops (compiled C++, shipped in the open3d-cpu wheel) when they
+load beside the installed torch; otherwise the ``cpp`` backend takes its place and the table says
+so. Each row reports the median over ``--repeat`` timed runs (after one warm-up), the ratio to the
+anchor (``x anchor`` > 1 means slower), the process CPU time (all threads; it shows the work done
+when the machine is busy) and whether the indices agree exactly with the anchor.
+Clouds imitate the real workloads: an S3DIS-like room crop (floor, walls, clutter; metres) for the
+24,000-point cases, a unit-sphere object for the 1,024-point ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Case:
+    op: str
+    label: str
+    inputs: dict
+    ours: Callable[[dict], object]
+    anchor: Callable[[object, dict], object] | None  # (ml3d module, inputs) -> comparable output
+
+
+def room_crop(batch: int, n: int, seed: int = 0) -> torch.Tensor:
+    """[batch, n, 3] float32 points on a 3 x 3 x 2.5 m room crop: floor, two walls, clutter."""
+    rng = np.random.default_rng(seed)
+    u = rng.random((batch, n, 3), dtype=np.float64) * np.array([3.0, 3.0, 2.5])
+    part = rng.random((batch, n))
+    u[..., 2] = np.where(part < 0.35, 0.0, u[..., 2])            # floor
+    u[..., 0] = np.where((part >= 0.35) & (part < 0.55), 0.0, u[..., 0])  # wall x = 0
+    u[..., 1] = np.where((part >= 0.55) & (part < 0.75), 0.0, u[..., 1])  # wall y = 0
+    # the rest is clutter, thinned towards furniture height
+    u[..., 2] = np.where(part >= 0.75, u[..., 2] * 0.4, u[..., 2])
+    u += rng.normal(scale=0.005, size=u.shape)
+    return torch.from_numpy(u.astype(np.float32))
+
+
+def object_cloud(batch: int, n: int, seed: int = 1) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    p = rng.normal(size=(batch, n, 3))
+    p /= np.linalg.norm(p, axis=-1, keepdims=True)
+    p *= rng.random((batch, n, 1)) ** (1 / 3)
+    return torch.from_numpy(p.astype(np.float32))
+
+
+def _cases(quick: bool) -> list[Case]:
+    from pointdr2 import ops
+
+    if quick:
+        fps_big, ball, tnn = (2, 2000, 500), (2, 500, 2000), (2, 2000, 500)
+    else:
+        fps_big, ball, tnn = (8, 24000, 6000), (8, 6000, 24000), (8, 24000, 6000)
+    cases = []
+    b, n, m = fps_big
+    room = room_crop(b, n)
+    cases.append(Case("furthest_point_sample", f"{b}x{n}->{m}", {"xyz": room, "npoint": m},
+                      lambda a: ops.furthest_point_sample(a["xyz"], a["npoint"]),
+                      lambda ml, a: ml.ops.furthest_point_sampling(a["xyz"], a["npoint"]).long()))
+    obj = object_cloud(32, 1024)
+    cases.append(Case("furthest_point_sample", "32x1024->64", {"xyz": obj, "npoint": 64},
+                      lambda a: ops.furthest_point_sample(a["xyz"], a["npoint"]),
+                      lambda ml, a: ml.ops.furthest_point_sampling(a["xyz"], a["npoint"]).long()))
+    b, s, n = ball
+    pts = room_crop(b, n, seed=2)
+    centres = pts[:, torch.randperm(n, generator=torch.Generator().manual_seed(0))[:s]].contiguous()
+    cases.append(Case("ball_query", f"{b}x{s} in {n}, r=0.1, 32", {"xyz": pts, "new_xyz": centres},
+                      lambda a: ops.ball_query(a["xyz"], a["new_xyz"], 0.1, 32),
+                      lambda ml, a: ml.ops.ball_query(a["xyz"], a["new_xyz"], 0.1, 32).long()))
+    queries = obj[:, :64].contiguous()
+    cases.append(Case("knn", "32x64 in 1024, k=32", {"query": queries, "support": obj},
+                      lambda a: ops.knn(a["query"], a["support"], 32)[1],
+                      _o3d_knn))
+    b, n, m = tnn
+    unknown = room_crop(b, n, seed=3)
+    known = unknown[:, torch.randperm(n, generator=torch.Generator().manual_seed(1))[:m]].contiguous()
+    cases.append(Case("three_nn", f"{b}x{n} in {m}", {"unknown": unknown, "known": known},
+                      lambda a: ops.three_nn(a["unknown"], a["known"])[1],
+                      lambda ml, a: ml.ops.three_nn(a["unknown"], a["known"])[1].long()))
+    return cases
+
+
+def _o3d_knn(ml, a: dict) -> torch.Tensor:
+    # open3d's knn_search takes ragged (flattened) clouds with row splits and returns flat indices
+    # into the flattened points; make them per-cloud again.
+    q, s = a["query"], a["support"]
+    B, S, _ = q.shape
+    N = s.shape[1]
+    k = 32
+    ans = ml.ops.knn_search(s.reshape(-1, 3), q.reshape(-1, 3), k,
+                            torch.arange(B + 1, dtype=torch.int64) * N,
+                            torch.arange(B + 1, dtype=torch.int64) * S, return_distances=True)
+    idx = ans.neighbors_index.long().view(B, S, k)
+    return idx - (torch.arange(B) * N).view(B, 1, 1)
+
+
+def _load_open3d():
+    try:
+        import open3d.ml.torch as ml3d
+
+        ml3d.ops.furthest_point_sampling(torch.rand(1, 8, 3), 2)
+        return ml3d, "open3d.ml.torch"
+    except Exception as exc:  # noqa: BLE001 - any failure means the anchor is unusable beside this torch
+        return None, f"open3d.ml.torch unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
+
+
+def _median_ms(fn: Callable[[], object], repeat: int) -> tuple[float, float, object]:
+    """(median wall ms, median process CPU ms, output); CPU time shows the work on a busy machine."""
+    out = fn()  # warm-up (and the C++ build / Triton compile, if any)
+    wall, cpu = [], []
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3, out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (median reported)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke test)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated subset of the available CPU backends (default: all)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pointdr2 import ops
+
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be >= 1; got {args.repeat}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1; got {args.threads}")
+        torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    backends = [b for b in ops.available_backends() if ops._backend_module(b).supports(cpu, torch.float32)]
+    if args.backends:
+        wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+        unknown = [b for b in wanted if b not in backends]
+        if unknown:
+            raise ValueError(f"--backends: {', '.join(unknown)} not available on CPU here; choose from {', '.join(backends)}")
+        backends = wanted
+    ml3d, anchor_name = _load_open3d()
+    previous = ops.get_backend()
+    rows = []
+    try:
+        for case in _cases(args.quick):
+            results = {}
+            anchor_ms, anchor_out = None, None
+            if ml3d is not None:
+                results["open3d"] = _median_ms(lambda c=case: c.anchor(ml3d, c.inputs), args.repeat)
+                anchor_ms, _, anchor_out = results["open3d"]
+            for name in backends:
+                ops.set_backend(name)
+                results[name] = _median_ms(lambda c=case: c.ours(c.inputs), args.repeat)
+            if anchor_ms is None and "cpp" in results:
+                anchor_ms, _, anchor_out = results["cpp"]
+            for name, (ms, cpu_ms, out) in results.items():
+                rows.append({
+                    "op": case.op, "case": case.label, "backend": name, "median_ms": round(ms, 3),
+                    "cpu_ms": round(cpu_ms, 3),
+                    "x_anchor": round(ms / anchor_ms, 2) if anchor_ms else None,
+                    "matches_anchor": bool(torch.equal(out, anchor_out)) if anchor_out is not None else None,
+                })
+                log.debug("%s %s %s %.2f ms", case.op, case.label, name, ms)
+    finally:
+        ops.set_backend(None if previous == "auto" else previous)
+
+    if args.json:
+        print(json.dumps({"anchor": anchor_name if ml3d is not None else "cpp (" + anchor_name + ")",
+                          "threads": torch.get_num_threads(), "rows": rows}, indent=1))
+        return 0
+    anchor_text = anchor_name if ml3d is not None else f"cpp backend ({anchor_name})"
+    lines = [f"anchor: {anchor_text}; CPU threads: {torch.get_num_threads()}; median of {args.repeat}", "",
+             "| op | case | backend | median ms | CPU ms | x anchor | same indices as anchor |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        ratio = "-" if r["x_anchor"] is None else f"{r['x_anchor']:.2f}"
+        same = "-" if r["matches_anchor"] is None else ("yes" if r["matches_anchor"] else "no")
+        lines.append(f"| {r['op']} | {r['case']} | {r['backend']} | {r['median_ms']:.2f} | {r['cpu_ms']:.0f} | {ratio} | {same} |")
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,154 @@
+"""C++ CPU backend: ``csrc/grouping.cpp`` JIT-compiled with torch.utils.cpp_extension on first use.
+
+The build lives in ``~/.cache/pointdr2/ops-<key>`` (``POINTDR2_CACHE`` overrides the root), where
+the key hashes the source, the compiler flags, the torch version and the CPU's instruction-set
+flags, so it is compiled once per machine and torch install and later loads in well under a
+second. Nothing is compiled at import time or by :func:`is_available` (used by ``pointdr2 info``).
+A failed build raises :class:`~pointdr2.ops.BackendUnavailable`; the dispatcher logs ONE warning
+and uses the torch backend from then on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from pointdr2.ops import BackendUnavailable, radius_squared
+
+log = logging.getLogger(__name__)
+
+NAME = "cpp"
+SOURCE = Path(__file__).with_name("csrc") / "grouping.cpp"
+# No FMA contraction: distances must round exactly like the torch backend's.
+CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_error: str | None = None
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def build_key() -> str:
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(),
+                 sys.version.encode(), platform.machine().encode(), _cpu_flags().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def build_dir() -> Path:
+    root = Path(os.environ.get("POINTDR2_CACHE", Path.home() / ".cache" / "pointdr2")).expanduser()
+    return root / f"ops-{build_key()}"
+
+
+def _ext_name() -> str:
+    return f"pointdr2_ops_cpu_{build_key()}"
+
+
+def is_built() -> bool:
+    return (build_dir() / f"{_ext_name()}.so").exists()
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
+
+
+def is_available() -> bool:
+    """A compiler and ninja exist (or the extension is already built) and no build has failed."""
+    if _error is not None:
+        return False
+    if _module is not None or is_built():
+        return True
+    from torch.utils.cpp_extension import is_ninja_available
+
+    return _compiler() is not None and is_ninja_available()
+
+
+def status() -> str:
+    if _error is not None:
+        return f"build failed: {_error}"
+    if _module is not None:
+        return "loaded"
+    if is_built():
+        return f"built ({build_dir()})"
+    return "available (compiles on first use, ~30 s)" if is_available() else "unavailable (needs a C++ compiler and ninja)"
+
+
+def supports(device: torch.device, dtype: torch.dtype) -> bool:
+    return device.type == "cpu" and dtype in (torch.float32, torch.float64)
+
+
+def load() -> ModuleType:
+    """Build (once) and import the extension; raises BackendUnavailable when that is impossible."""
+    global _module, _error
+    if _module is not None:
+        return _module
+    if _error is not None:
+        raise BackendUnavailable(_error)
+    with _lock:
+        if _module is not None:
+            return _module
+        from torch.utils.cpp_extension import load as load_extension
+
+        directory = build_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        if not is_built():
+            log.info("compiling the C++ CPU ops once into %s (about 30 s)", directory)
+        output = io.StringIO()
+        try:
+            # The build tools write to stdout/stderr and cpp_extension may warn; keep both off the
+            # user's terminal (and out of pytest's warnings-as-errors) and report failures in one line.
+            with warnings.catch_warnings(), contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+                warnings.simplefilter("ignore")
+                _module = load_extension(
+                    name=_ext_name(), sources=[str(SOURCE)], build_directory=str(directory),
+                    extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS), verbose=False,  # load() mutates them
+                )
+        except Exception as exc:  # noqa: BLE001 - any build/import failure means "fall back to torch"
+            detail = str(exc).strip().splitlines()
+            _error = f"{type(exc).__name__}: {detail[-1] if detail else ''}"[:300]
+            log.debug("C++ build output:\n%s", output.getvalue())
+            raise BackendUnavailable(_error) from exc
+        return _module
+
+
+def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
+    return load().furthest_point_sample(xyz, int(npoint))
+
+
+def ball_query(xyz: torch.Tensor, new_xyz: torch.Tensor, radius: float, nsample: int) -> torch.Tensor:
+    return load().ball_query(xyz, new_xyz, radius_squared(radius, xyz.dtype), int(nsample))
+
+
+def knn(query: torch.Tensor, support: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    dist, idx = load().knn(query, support, int(k))
+    return dist, idx
+
+
+def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    sq, idx = load().knn(unknown, known, 3)
+    return sq.sqrt_(), idx

@@ -1,0 +1,39 @@
+"""The ``pointdr2`` entry point: info output, bad arguments, exit codes."""
+
+import os
+import subprocess
+import sys
+
+import numpy
+import torch
+
+import pointdr2
+from pointdr2 import ops
+from pointdr2.cli import main
+
+
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(pointdr2.__file__))))
+    return subprocess.run([sys.executable, "-m", "pointdr2", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_info_reports_versions_devices_and_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"pointdr2     {pointdr2.__version__}" in out
+    assert f"torch        {torch.__version__}" in out
+    assert f"numpy        {numpy.__version__}" in out
+    assert "open3d" in out and "cuda" in out
+    for name in ops.available_backends():
+        assert name in out.split("op backends", 1)[1].splitlines()[0]
+    assert f"auto on cpu  {ops.auto_backend('cpu', torch.float32)}" in out
+
+
+def test_module_entry_point_and_bad_arguments():
+    ok = run_cli("--version")
+    assert ok.returncode == 0 and pointdr2.__version__ in ok.stdout
+    bad = run_cli("no-such-command")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    missing = run_cli("bench")
+    assert missing.returncode == 2 and "WHAT" in missing.stderr
