@@ -6,4 +6,7 @@ Ratios are always measured side by side in one run; nothing here is a timed unit
 # WHAT -> (module path, one-line help). A benchmark is listed only once it works.
 BENCHES: dict[str, tuple[str, str]] = {
     "ops": ("pointdr2.bench.ops", "grouping ops: every backend against the compiled anchor"),
+    "precision": ("pointdr2.bench.precision", "reversible vs standard gradient error over (alpha, beta)"),
+    "memory": ("pointdr2.bench.memory", "activation bytes, peak memory and step time per finetuning mode"),
+    "data": ("pointdr2.data.bench", "dataset loader samples/s with DataLoader workers; synthetic prepare times"),
 }

@@ -1,0 +1,363 @@
+"""``pointdr2 bench memory``: activation memory and step time of conventional, checkpoint and Dr2Net training.
+
+Case interface (model families plug in here)
+--------------------------------------------
+A case module ``pointdr2/bench/cases_<family>.py`` exposes::
+
+    build_case(model: str, mode: str, depth: int | None, batch: int, points: int,
+               alpha: float, beta: float, device: torch.device) -> (module, inputs: tuple, loss_fn)
+
+- ``model``: the ``--model`` value the case was chosen for (``"pointmae"``, ``"pointnext-b"``, ...).
+- ``mode``: what the row measures:
+  ``"conventional"``: the model as is (``finetune.mode=conventional``);
+  ``"checkpoint"``: what ``finetune.mode=checkpoint`` runs, ``to_dr2net(model, 1.0, 0.0, mode="checkpoint")``
+  (the stack case checkpoints at the given alpha/beta);
+  ``"dr2net"``: ``to_dr2net(model, alpha, beta, mode="reversible")`` (fully reversible);
+  ``"dr2net-auto"``: ``to_dr2net(model, alpha, beta, mode="auto")`` (anchor spacing chosen by the guard).
+  A case raises ValueError for a mode it cannot build.
+- ``depth``: number of residual blocks to build (ViT blocks for transformers, InvResMLP blocks per
+  stage scale for PointNeXt as the case documents); ``None`` means the model's published depth.
+- ``batch``, ``points``: batch size and points per sample (tokens for the ``stack`` case).
+- ``alpha``, ``beta``: Dr2Net coefficients (ignored by ``conventional``).
+- ``device``: where module and inputs must live.
+
+It returns the module in train mode on ``device``, a tuple of input tensors on ``device`` and
+``loss_fn`` such that ``loss_fn(module(*inputs))`` is a scalar loss. The harness owns the rest: it
+creates AdamW over the parameters that require grad, runs one warm-up step (so gradients and optimizer
+state exist), then measures. Cases must not print; they may log.
+
+Measurement (each configuration in a fresh subprocess, ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed
+large blocks go back to the OS and RSS follows live memory):
+
+- step: median wall time of ``--steps`` training steps (run first, so auto mode's guard has settled);
+- saved: bytes of tensors saved for backward during one forward (``saved_tensors_hooks``; each storage
+  counted once; parameter and buffer storages excluded, they are not activations);
+- peak: on CPU, peak RSS of one training step (forward+backward+optimizer step) above the RSS after the
+  warm-up step (``/proc/self/clear_refs`` resets the high-water mark); on CUDA,
+  ``max_memory_allocated`` above ``memory_allocated`` before the step.
+
+``k`` in the table is the anchor spacing of the forward whose saved bytes are shown (auto mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+# --model -> case module (lazy import by string: the transformer/PointNeXt cases come from other modules)
+CASE_MODULES = {
+    "stack": "pointdr2.bench.cases_stack",
+    "pointmae": "pointdr2.bench.cases_transformer",
+    "pointbert": "pointdr2.bench.cases_transformer",
+    "pointnext-b": "pointdr2.bench.cases_pointnext",
+    "pointnext-l": "pointdr2.bench.cases_pointnext",
+    "pointnext-xl": "pointdr2.bench.cases_pointnext",
+}
+MODES = ("conventional", "checkpoint", "dr2net", "dr2net-auto")
+# points of the default schedule (CoefficientSchedule() at epochs 0, 10, 20)
+SCHEDULE_POINTS = {"start": (1.0, 0.1), "middle": (0.5, 0.55), "end": (0.0, 1.0)}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="stack", choices=sorted(CASE_MODULES), help="case to measure")
+    p.add_argument("--modes", default="conventional,checkpoint,dr2net", help="comma list of " + "|".join(MODES))
+    p.add_argument("--depths", default=None, help="comma list of depths (stack default 6,12,24; models: their own)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--points", type=int, default=None, help="points per sample (stack: tokens, default 65)")
+    p.add_argument("--alpha", type=float, default=0.0, help="alpha of the dr2net/checkpoint rows")
+    p.add_argument("--beta", type=float, default=1.0, help="beta of the dr2net/checkpoint rows")
+    p.add_argument(
+        "--auto", default="start,middle,end",
+        help="schedule points (start|middle|end) for dr2net-auto rows at --auto-depth; 'none' to skip",
+    )
+    p.add_argument("--auto-depth", type=int, default=None, help="depth of the auto rows (stack default 12)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration (median reported)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads in each worker")
+    p.add_argument("--quick", action="store_true", help="CI smoke run: tiny sizes, 2 steps")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+
+
+def _csv(value: str, name: str, cast=str) -> list:
+    try:
+        items = [cast(v.strip()) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must be a comma-separated list, got {value!r}") from None
+    if not items:
+        raise ValueError(f"--{name} is empty")
+    return items
+
+
+def _configs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    modes = _csv(args.modes, "modes")
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"--modes: unknown mode {m!r}; expected some of {', '.join(MODES)}")
+    is_stack = args.model == "stack"
+    if args.quick:
+        depths = [2] if is_stack else [None]
+        batch, steps, auto_depth = 4, 2, (2 if is_stack else None)
+        points = args.points or (65 if is_stack else 256)
+        auto = ["start"]
+    else:
+        depths = _csv(args.depths, "depths", int) if args.depths else ([6, 12, 24] if is_stack else [None])
+        batch, steps = args.batch, args.steps
+        auto_depth = args.auto_depth if args.auto_depth is not None else (12 if is_stack else None)
+        points = args.points or (65 if is_stack else 1024)
+        auto = [] if args.auto.strip().lower() == "none" else _csv(args.auto, "auto")
+    for a in auto:
+        if a not in SCHEDULE_POINTS:
+            raise ValueError(f"--auto: unknown schedule point {a!r}; expected some of {', '.join(SCHEDULE_POINTS)}")
+    if batch < 1 or points < 1 or steps < 1:
+        raise ValueError(f"--batch, --points and --steps must be >= 1, got {batch}, {points}, {steps}")
+    if any(d is not None and d < 1 for d in depths):
+        raise ValueError(f"--depths must be >= 1, got {depths}")
+    base = {"model": args.model, "batch": batch, "points": points, "steps": steps, "device": args.device,
+            "threads": args.threads}
+    rows = []
+    for d in depths:
+        for m in modes:
+            rows.append({**base, "mode": m, "depth": d, "alpha": args.alpha, "beta": args.beta, "label": m})
+    for a in auto:
+        alpha, beta = SCHEDULE_POINTS[a]
+        rows.append({**base, "mode": "dr2net-auto", "depth": auto_depth, "alpha": alpha, "beta": beta,
+                     "label": f"auto@{a}"})
+    return rows
+
+
+# --------------------------------------------------------------------------- worker (fresh process)
+def _proc_status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class _PeakRSS:
+    """Peak RSS during a block of code: kernel high-water mark when resettable, else a 1 ms sampler."""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _PeakRSS:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self._hwm = True
+        except OSError:
+            self._hwm = False
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, _proc_status_kb("VmRSS") or 0)
+            time.sleep(0.001)
+
+    def __exit__(self, *exc) -> None:
+        if self._hwm:
+            self.peak_kb = _proc_status_kb("VmHWM") or 0
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from pointdr2.reversible import iter_stacks
+
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    dev = cfg["device"]
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(dev)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    case = importlib.import_module(CASE_MODULES[cfg["model"]])
+    module, inputs, loss_fn = case.build_case(
+        cfg["model"], cfg["mode"], cfg["depth"], cfg["batch"], cfg["points"], cfg["alpha"], cfg["beta"], device
+    )
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-6)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=False)  # keep grads allocated: they belong to the baseline
+        loss = loss_fn(module(*inputs))
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    step()  # warm-up: grads and optimizer state now exist
+    sync()
+    stacks = list(iter_stacks(module))
+
+    # 1) step time (also lets auto mode's guard settle on its spacing)
+    times = []
+    for _ in range(cfg["steps"]):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+
+    # 2) bytes saved for backward during one forward
+    excluded = {t.untyped_storage().data_ptr() for t in list(module.parameters()) + list(module.buffers())}
+    seen: dict[tuple[str, int], int] = {}
+
+    def pack(t):
+        try:
+            s = t.untyped_storage()
+            if s.data_ptr() not in excluded:
+                seen[(str(t.device), s.data_ptr())] = s.nbytes()
+        except (RuntimeError, NotImplementedError):  # tensor subclasses without a plain storage
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn(module(*inputs))
+    # what this forward ran (auto mode may change its spacing after each backward)
+    first = stacks[0] if stacks else None
+    ran = (getattr(first, "last_cache_every", None), getattr(first, "last_mode", None))
+    loss.backward()
+    del loss
+    opt.zero_grad(set_to_none=False)
+    saved = sum(seen.values())
+    rec_error = getattr(first, "last_reconstruction_error", None)
+    gc.collect()
+    sync()
+
+    # 3) peak memory of one step above the post-warm-up baseline
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        sync()
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        base_kb = _proc_status_kb("VmRSS") or 0
+        with _PeakRSS() as meter:
+            step()
+        peak = max(0, meter.peak_kb - base_kb) * 1024
+
+    return {
+        **cfg,
+        "device": str(device),
+        "saved_bytes": saved,
+        "peak_bytes": peak,
+        "step_s": statistics.median(times),
+        "cache_every": ran[0],
+        "ran": ran[1],
+        "rec_error": rec_error,
+        "sub_blocks": sum(len(s.blocks) for s in stacks),
+    }
+
+
+# --------------------------------------------------------------------------- parent
+def _run_one(cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "pointdr2.bench.memory", "--worker", json.dumps(cfg)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {**cfg, "error": f"timed out after {timeout:g} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {**cfg, "error": tail}
+    return json.loads(lines[-1])
+
+
+def _fmt_ratio(num: float | None, den: float | None) -> str:
+    if num is None or not den:
+        return "-"
+    return f"{num / den:.3f}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Rows with ratios against the conventional and checkpoint rows of the same depth."""
+    ref: dict[tuple[Any, str], dict[str, Any]] = {}
+    for r in rows:
+        if "error" not in r and r["label"] in ("conventional", "checkpoint"):
+            ref[(r["depth"], r["label"])] = r
+    head = (f"{'mode':<13} {'depth':>5} {'alpha':>5} {'beta':>5} {'k':>3} {'saved MiB':>10} {'/conv':>6} "
+            f"{'/ckpt':>6} {'peak MiB':>9} {'/conv':>6} {'/ckpt':>6} {'step ms':>8} {'/conv':>6} {'/ckpt':>6} "
+            f"{'rec.err':>8}")
+    out = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            out.append(f"{r['label']:<13} {str(r['depth']):>5} error: {r['error']}")
+            continue
+        conv, ckpt = ref.get((r["depth"], "conventional"), {}), ref.get((r["depth"], "checkpoint"), {})
+        err = r.get("rec_error")
+        out.append(
+            f"{r['label']:<13} {str(r['depth']):>5} {r['alpha']:>5.2f} {r['beta']:>5.2f} "
+            f"{str(r.get('cache_every') or '-'):>3} {r['saved_bytes'] / 2**20:>10.2f} "
+            f"{_fmt_ratio(r['saved_bytes'], conv.get('saved_bytes')):>6} "
+            f"{_fmt_ratio(r['saved_bytes'], ckpt.get('saved_bytes')):>6} {r['peak_bytes'] / 2**20:>9.1f} "
+            f"{_fmt_ratio(r['peak_bytes'], conv.get('peak_bytes')):>6} "
+            f"{_fmt_ratio(r['peak_bytes'], ckpt.get('peak_bytes')):>6} {1e3 * r['step_s']:>8.1f} "
+            f"{_fmt_ratio(r['step_s'], conv.get('step_s')):>6} {_fmt_ratio(r['step_s'], ckpt.get('step_s')):>6} "
+            f"{'-' if err is None else f'{err:.1e}':>8}"
+        )
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = _configs(args)
+    results = []
+    for cfg in tqdm(rows, desc="bench memory", unit="config"):
+        res = _run_one(cfg, args.timeout)
+        if "error" in res:
+            log.warning("%s depth %s failed: %s", cfg["label"], cfg["depth"], res["error"])
+        results.append(res)
+    first = next((r for r in results if "error" not in r), None)
+    device = first["device"] if first else args.device
+    peak_kind = "CUDA max_memory_allocated" if device.startswith("cuda") else "peak RSS"
+    print(f"bench memory: model={args.model} batch={rows[0]['batch']} points={rows[0]['points']} "
+          f"device={device} (peak = {peak_kind} above the post-warm-up baseline)")
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _worker_main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "--worker":
+        print("usage: python -m pointdr2.bench.memory --worker JSON", file=sys.stderr)
+        return 2
+    print(json.dumps(_worker(json.loads(argv[1]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

@@ -1,0 +1,28 @@
+"""Dr2Net: reversible dual-residual surrogates of pretrained residual networks.
+
+The equations live in :mod:`pointdr2.reversible.stack`; error growth and the ``auto`` guard in
+:mod:`pointdr2.reversible.precision`; the alpha/beta schedule in :mod:`pointdr2.reversible.schedule`.
+"""
+
+from pointdr2.reversible.precision import (
+    PrecisionGuard,
+    choose_cache_every,
+    predicted_error,
+    reconstruction_growth,
+)
+from pointdr2.reversible.schedule import CoefficientSchedule, apply_coefficients, iter_stacks
+from pointdr2.reversible.stack import MODES, Dr2Stack, ResidualBlock, frozen_running_stats
+
+__all__ = [
+    "MODES",
+    "CoefficientSchedule",
+    "Dr2Stack",
+    "PrecisionGuard",
+    "ResidualBlock",
+    "apply_coefficients",
+    "choose_cache_every",
+    "frozen_running_stats",
+    "iter_stacks",
+    "predicted_error",
+    "reconstruction_growth",
+]

@@ -1,0 +1,447 @@
+"""The Dr2Net dual-residual stack and its memory-free backward pass.
+
+Notation (Dr2Net, CVPR 2024), used once here and everywhere else by reference::
+
+    x_{-1} = x_0 = x                                   the input, duplicated into two streams
+    x_i    = beta * x_{i-2} + G_i(x_{i-1}; alpha)        i = 1..N
+    x_{i-2} = (x_i - G_i(x_{i-1}; alpha)) / beta       the inverse used by the backward pass
+
+``G_i(x; alpha)`` is the pretrained block i with its identity path scaled by alpha, so alpha=1, beta=0
+is exactly the pretrained network and alpha=0, beta=1 a classic reversible network.
+
+What each mode keeps for backward (everything else is recomputed one block at a time):
+
+- ``standard``: plain autograd, every activation inside every block.
+- ``checkpoint``: ``torch.utils.checkpoint`` per block: every block input x_{i-1}.
+- ``reversible``: the final pair (x_{N-1}, x_N), the tensor extras, and with ``cache_every=k`` exact anchor
+  pairs every k+1 blocks, so that no block input is reconstructed over more than k-1 steps and errors
+  grow over at most k steps (k=N: no anchors; k=1: every block input, i.e. checkpointing).
+- ``auto``: ``reversible`` with k chosen before each step by :class:`~pointdr2.reversible.precision.PrecisionGuard`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint as _torch_checkpoint
+
+from pointdr2.reversible.precision import PrecisionGuard
+
+log = logging.getLogger(__name__)
+
+MODES = ("reversible", "standard", "checkpoint", "auto")
+OUTPUTS = ("last", "mean")
+
+
+class ResidualBlock(nn.Module):
+    """``G(x, alpha, *extras) = alpha * x + fn(x, *extras)`` for a plain residual function ``fn``."""
+
+    def __init__(self, fn: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor, alpha: float, *extras: Any) -> torch.Tensor:
+        return alpha * x + self.fn(x, *extras)
+
+
+# --------------------------------------------------------------------------- helpers
+def _stream_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Streams are kept in float32 (or float64) even when blocks compute in bf16/fp16."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _autocast_states(device_type: str) -> list[tuple[str, bool, torch.dtype, bool]]:
+    """The autocast state (device type, enabled, dtype, cache) of the devices involved, to replay it."""
+    states = []
+    for dev in dict.fromkeys(("cpu", device_type)):
+        states.append(
+            (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev), torch.is_autocast_cache_enabled())
+        )
+    return states
+
+
+@contextlib.contextmanager
+def _replay_autocast(states: list[tuple[str, bool, torch.dtype, bool]]) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for dev, enabled, dtype, cache in states:
+            stack.enter_context(torch.autocast(device_type=dev, dtype=dtype, enabled=enabled, cache_enabled=cache))
+        yield
+
+
+def _get_rng(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda_state
+
+
+@contextlib.contextmanager
+def _replay_rng(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> Iterator[None]:
+    """Run with the RNG state saved before the block's forward, then restore the current state."""
+    current = _get_rng(device)
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(current[0])
+        if current[1] is not None:
+            torch.cuda.set_rng_state(current[1], device)
+
+
+@contextlib.contextmanager
+def frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """Recompute without touching BatchNorm running statistics.
+
+    In train mode BatchNorm normalises with the batch's own statistics, and the recomputation sees the
+    same batch, so only the running-stat update must be kept out of the real buffers. The buffers are
+    swapped for throwaway copies (not saved and copied back: batch_norm saves the buffers for its
+    backward, and writing into them before that backward would trip autograd's version check;
+    momentum=0 would not help with momentum=None's cumulative average).
+    """
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    swapped = []
+    for m in module.modules():
+        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats:
+            originals = [getattr(m, n) for n in names]
+            swapped.append((m, originals))
+            for n, buf in zip(names, originals):
+                setattr(m, n, None if buf is None else buf.clone())
+    try:
+        yield
+    finally:
+        for m, originals in swapped:
+            for n, buf in zip(names, originals):
+                setattr(m, n, buf)
+
+
+def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """||a - ref|| / ||ref|| as a float64 0-d tensor (no host sync)."""
+    num = torch.linalg.vector_norm((a - ref).double())
+    den = torch.linalg.vector_norm(ref.double()).clamp_min(torch.finfo(torch.float64).tiny)
+    return num / den
+
+
+def anchor_positions(n: int, k: int) -> set[int]:
+    """Indices p of the states x_p kept in the forward (besides the final pair) for spacing k.
+
+    Every block input x_{i-1} is then either exact or reconstructed in at most k-1 steps, and every
+    kept state is reached by a reconstruction of at most k steps, which measures the error. Exact
+    pairs (x_{q-1}, x_q) are placed k+1 apart from the top (x_{N-1}, x_N); the bottom segment ends at
+    x_0 (= x_{-1}), kept alone when needed. k >= N keeps nothing (fully reversible); k = 1 keeps every
+    block input (checkpointing); about 2N/(k+1) states in between.
+    """
+    keep: set[int] = set()
+    q = n
+    while q > k:  # below the exact pair at q, the inputs down to x_0 would need q-1 > k-1 steps
+        q -= k + 1
+        if q <= 0:
+            keep.add(0)
+            break
+        keep.update((q - 1, q))
+    return keep
+
+
+# --------------------------------------------------------------------------- the autograd function
+class _ReversibleFunction(torch.autograd.Function):
+    """Forward without a graph keeping only the final pair (+ anchors, extras); backward by reconstruction.
+
+    Inputs: ``(stack, cache_every, n_extras, anchor, x, *extras)``. ``anchor`` is an empty leaf that requires
+    grad, so the output requires grad even when neither x nor the extras do (only parameters). Parameters
+    are *not* inputs: their gradients are accumulated into ``.grad`` by a nested ``torch.autograd.backward``
+    on each recomputed block (the pattern of reentrant checkpointing). Returning them through the
+    Function instead would hold a second copy of every parameter gradient until the whole stack is done
+    (+1x parameter memory at the peak). Accumulation goes through each parameter's own AccumulateGrad
+    node exactly once, so DDP's per-parameter hooks fire as each block finishes (all-reduce overlaps the
+    rest of the backward) and AMP's scaled gradients land in ``.grad`` as usual.
+    Caveat: under DDP a parameter shared by two blocks is marked ready twice (use ``static_graph=True``).
+    """
+
+    @staticmethod
+    def forward(ctx, stack: Dr2Stack, cache_every: int, n_extras: int, anchor: torch.Tensor, x: torch.Tensor,
+                *extras: Any):
+        params = [p for p in stack.blocks.parameters() if p.requires_grad]
+        alpha, beta, blocks = stack.alpha, stack.beta, stack.blocks
+        n = len(blocks)
+        sd = _stream_dtype(x.dtype)
+        ctx.autocast = _autocast_states(x.device.type)
+        ctx.device = x.device
+        rng_states = []
+        keep = anchor_positions(n, cache_every)
+        kept: dict[int, torch.Tensor] = {}
+        prev2 = prev1 = x.to(sd)  # x_{-1}, x_0
+        if 0 in keep:
+            kept[0] = prev1
+        for i, block in enumerate(blocks, start=1):
+            rng_states.append(_get_rng(x.device))
+            g = block(prev1.to(x.dtype), alpha, *extras)  # blocks see x's dtype; streams stay in sd
+            cur = beta * prev2 + g.to(sd) if beta != 0 else g.to(sd)
+            if i in keep:
+                kept[i] = cur
+            prev2, prev1 = prev1, cur
+        out = prev1 if stack.output == "last" else 0.5 * (prev2 + prev1)
+        positions = sorted(kept)
+        ctx.positions = positions
+        ctx.rng_states = rng_states
+        ctx.stack, ctx.cache_every, ctx.n_extras = stack, cache_every, n_extras
+        ctx.alpha, ctx.beta = alpha, beta
+        ctx.x_dtype = x.dtype
+        ctx.extra_is_tensor = [torch.is_tensor(e) for e in extras]
+        ctx.extra_needs_grad = [torch.is_tensor(e) and e.requires_grad for e in extras]
+        ctx.non_tensor_extras = [None if torch.is_tensor(e) else e for e in extras]
+        # parameters are alive anyway and are not activations: kept as an attribute, not saved
+        ctx.params = params
+        ctx.save_for_backward(prev2, prev1, *[kept[p] for p in positions], *[e for e in extras if torch.is_tensor(e)])
+        return out.to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        stack: Dr2Stack = ctx.stack
+        blocks, alpha, beta, k = stack.blocks, ctx.alpha, ctx.beta, ctx.cache_every
+        n = len(blocks)
+        saved = ctx.saved_tensors
+        last2, last1 = saved[0], saved[1]
+        n_kept = len(ctx.positions)
+        kept = dict(zip(ctx.positions, saved[2 : 2 + n_kept]))
+        n_tensor_extras = sum(ctx.extra_is_tensor)
+        tensor_extras = list(saved[2 + n_kept : 2 + n_kept + n_tensor_extras])
+        params = ctx.params
+        sd = last1.dtype
+
+        # extras enter each recomputation as the same fresh leaves, so .grad sums their gradients over blocks
+        extras: list[Any] = []
+        it = iter(tensor_extras)
+        for is_t, needs, other in zip(ctx.extra_is_tensor, ctx.extra_needs_grad, ctx.non_tensor_extras):
+            if is_t:
+                e = next(it)
+                extras.append(e.detach().requires_grad_(True) if needs else e)
+            else:
+                extras.append(other)
+        extra_leaves = [e for j, e in enumerate(extras) if ctx.extra_needs_grad[j]]
+        param_ids = {id(p) for p in params}
+
+        grad_out = grad_out.to(sd)
+        if stack.output == "last":
+            g_prev, g_cur = torch.zeros_like(last2), grad_out
+        else:
+            g_prev = g_cur = 0.5 * grad_out
+        x_prev, x_cur = last2, last1  # (x_{i-1}, x_i) for i = N
+        errors: list[torch.Tensor] = []
+        for i in range(n, 0, -1):
+            block = blocks[i - 1]
+            block_params = [p for p in block.parameters() if id(p) in param_ids]
+            with torch.enable_grad(), _replay_rng(ctx.rng_states[i - 1], ctx.device), _replay_autocast(
+                ctx.autocast
+            ), frozen_running_stats(block):
+                x_in = x_prev.detach().to(ctx.x_dtype).requires_grad_(True)
+                g = block(x_in, alpha, *extras)
+            if g.requires_grad:
+                torch.autograd.backward(g, g_cur.to(g.dtype), inputs=[x_in, *extra_leaves, *block_params])
+            g_detached = g.detach().to(sd)
+            del g  # the block's graph is freed here, before the next block is recomputed
+            gx = x_in.grad
+            # x_i = beta*x_{i-2} + G_i(x_{i-1}):  dL/dx_{i-2} += beta*dL/dx_i ; dL/dx_{i-1} += J_G^T dL/dx_i
+            new_g_prev = beta * g_cur
+            new_g_cur = g_prev + gx.to(sd) if gx is not None else g_prev
+            if beta != 0:
+                x_rec = (x_cur - g_detached) / beta  # x_{i-2}
+                if (i - 2) in kept:  # an exact copy: measure, then restart from it
+                    errors.append(_rel_err(x_rec, kept[i - 2]))
+                    x_rec = kept[i - 2]
+                elif i == 1:
+                    errors.append(_rel_err(x_rec, x_prev))  # x_{-1} and x_0 are the same tensor x
+            else:  # beta == 0 only runs with every block input kept (auto mode's k=1)
+                x_rec = kept.get(i - 2)
+                if x_rec is None and i > 1:
+                    raise RuntimeError(f"beta == 0 needs state x_{i - 2} kept; cache_every must be 1")
+            x_prev, x_cur = x_rec, x_prev
+            g_prev, g_cur = new_g_prev, new_g_cur
+            del g_detached, x_in, gx
+
+        grad_x = (g_prev + g_cur).to(ctx.x_dtype)
+        err = float(torch.stack(errors).max()) if errors else None  # one host sync per backward
+        stack._record_backward(err, k)
+        out_extras = [
+            e.grad.to(e.dtype) if ctx.extra_needs_grad[j] and e.grad is not None else None
+            for j, e in enumerate(extras)
+        ]
+        return (None, None, None, None, grad_x, *out_extras)
+
+
+# --------------------------------------------------------------------------- the module
+class Dr2Stack(nn.Module):
+    """A stack of blocks run as a Dr2Net dual-residual network (equations in the module docstring).
+
+    Args:
+        blocks: modules called as ``blocks[i](x, alpha, *extras)`` returning ``G_i(x; alpha)``, a tensor
+            shaped like x. Parameters a block uses must be registered in it (or passed as extras).
+        alpha, beta: coefficients; writable floats between steps.
+        output: ``"last"`` returns x_N (exactly the pretrained network at alpha=1, beta=0); ``"mean"``
+            returns (x_{N-1} + x_N)/2 as the reference implementation does.
+        mode: ``"reversible"`` | ``"standard"`` | ``"checkpoint"`` | ``"auto"``.
+        cache_every: anchor spacing k for ``reversible`` (None = N, fully reversible).
+        tolerance: relative reconstruction error ``auto`` mode aims to stay under.
+
+    ``forward(x, *extras)``: ``x`` float ``[...]`` (e.g. ``[B, T, C]`` tokens or ``[B, C, N]`` features);
+    extras are passed unchanged to every block (a shared position embedding gets the sum of its gradients;
+    integer tensors such as neighbour indices pass through). Returns a tensor shaped like x in x's dtype.
+    The two streams are kept (and reconstructed) in float32 when x is bf16/fp16; blocks receive their
+    input in x's dtype, and under autocast compute in the autocast dtype, in the recomputation too.
+
+    After each backward of ``reversible``/``auto``: ``last_reconstruction_error`` (max relative error of
+    the reconstructed states against the exact anchors or, for the first segment, x_{-1} against x_0;
+    None when nothing was reconstructed). It measures k reconstruction steps, one more than any block
+    input went through, so it bounds what the gradients saw; ``auto`` keeps the k-1 step prediction,
+    corrected by these measurements, under ``tolerance``. ``last_cache_every`` and ``last_mode`` tell what the last
+    forward ran (``auto`` with spacing 1 reports ``"checkpoint"``).
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module] | nn.ModuleList,
+        alpha: float = 1.0,
+        beta: float = 0.1,
+        output: str = "last",
+        mode: str = "reversible",
+        cache_every: int | None = None,
+        tolerance: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        blocks = blocks if isinstance(blocks, nn.ModuleList) else nn.ModuleList(blocks)
+        if len(blocks) == 0:
+            raise ValueError("blocks must contain at least one module, got an empty sequence")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        self.blocks = blocks
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.output = output
+        self.mode = mode
+        self.cache_every = cache_every
+        self.guard = PrecisionGuard(tolerance)
+        self.last_reconstruction_error: float | None = None
+        self.last_cache_every: int | None = None
+        self.last_mode: str | None = None
+        self._pending: tuple[float, float, torch.dtype] | None = None
+
+    # ---- attributes with validation
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {value!r}")
+        self._mode = value
+
+    @property
+    def cache_every(self) -> int | None:
+        return self._cache_every
+
+    @cache_every.setter
+    def cache_every(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"cache_every must be None or an int >= 1, got {value!r}")
+        self._cache_every = value
+
+    @property
+    def tolerance(self) -> float:
+        return self.guard.tolerance
+
+    def extra_repr(self) -> str:
+        return (
+            f"depth={len(self.blocks)}, alpha={self.alpha:g}, beta={self.beta:g}, output={self.output!r}, "
+            f"mode={self.mode!r}, cache_every={self.cache_every}, tolerance={self.tolerance:g}"
+        )
+
+    # ---- forward paths
+    def forward(self, x: torch.Tensor, *extras: Any) -> torch.Tensor:
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got {type(x).__name__}")
+        beta = self.beta
+        if not math.isfinite(self.alpha) or not math.isfinite(beta):
+            raise ValueError(f"alpha and beta must be finite, got alpha={self.alpha}, beta={beta}")
+        mode = self.mode
+        if mode == "reversible" and beta == 0:
+            raise ValueError("beta must be != 0 in mode 'reversible' (x_{i-2} = (x_i - G_i)/beta); use mode 'auto'")
+        params = [p for p in self.blocks.parameters() if p.requires_grad]
+        needs_graph = torch.is_grad_enabled() and (
+            x.requires_grad or bool(params) or any(torch.is_tensor(e) and e.requires_grad for e in extras)
+        )
+        n = len(self.blocks)
+        if mode in ("standard", "checkpoint") or not needs_graph:
+            self.last_reconstruction_error = None
+        if mode == "standard" or not needs_graph:
+            self.last_mode, self.last_cache_every = "standard", None
+            return self._forward_standard(x, extras)
+        if mode == "checkpoint":
+            self.last_mode, self.last_cache_every = "checkpoint", None
+            return self._forward_checkpoint(x, extras)
+        if mode == "auto":
+            dtype = _stream_dtype(x.dtype)
+            if torch.is_autocast_enabled(x.device.type):
+                # blocks compute in the autocast dtype: flips in their rounding set the error floor
+                dtype = torch.get_autocast_dtype(x.device.type)
+            k = self.guard.choose(self.alpha, beta, n, dtype)
+            self._pending = (self.alpha, beta, dtype)
+        else:
+            k = n if self.cache_every is None else min(self.cache_every, n)
+            self._pending = None
+        # auto's spacing 1 keeps every block input: what the trainer should log as checkpointing
+        self.last_mode = "checkpoint" if (mode == "auto" and k == 1 and n > 1) else "reversible"
+        self.last_cache_every = k
+        anchor = torch.empty(0, device=x.device, requires_grad=True)
+        return _ReversibleFunction.apply(self, k, len(extras), anchor, x, *extras)
+
+    def _forward_standard(self, x: torch.Tensor, extras: tuple) -> torch.Tensor:
+        sd = _stream_dtype(x.dtype)
+        prev2 = prev1 = x.to(sd)
+        for block in self.blocks:
+            g = block(prev1.to(x.dtype), self.alpha, *extras).to(sd)
+            cur = self.beta * prev2 + g if self.beta != 0 else g
+            prev2, prev1 = prev1, cur
+        return (prev1 if self.output == "last" else 0.5 * (prev2 + prev1)).to(x.dtype)
+
+    def _forward_checkpoint(self, x: torch.Tensor, extras: tuple) -> torch.Tensor:
+        sd = _stream_dtype(x.dtype)
+        prev2 = prev1 = x.to(sd)
+        for block in self.blocks:
+            g = _torch_checkpoint(
+                _OnceStatsBlock(block, self.alpha), prev1.to(x.dtype), *extras, use_reentrant=False,
+                preserve_rng_state=True,
+            ).to(sd)
+            cur = self.beta * prev2 + g if self.beta != 0 else g
+            prev2, prev1 = prev1, cur
+        return (prev1 if self.output == "last" else 0.5 * (prev2 + prev1)).to(x.dtype)
+
+    # ---- called from the backward pass
+    def _record_backward(self, error: float | None, cache_every: int) -> None:
+        self.last_reconstruction_error = error
+        if self._pending is not None:
+            alpha, beta, dtype = self._pending
+            self.guard.update(error, alpha, beta, cache_every, dtype)
+        if error is not None and error > self.tolerance:
+            log.debug("Dr2Net reconstruction error %.3g above tolerance %.3g", error, self.tolerance)
+
+
+class _OnceStatsBlock:
+    """A block call for torch.utils.checkpoint whose recomputation leaves BatchNorm running stats alone."""
+
+    def __init__(self, block: nn.Module, alpha: float) -> None:
+        self.block, self.alpha, self.calls = block, alpha, 0
+
+    def __call__(self, x: torch.Tensor, *extras: Any) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            return self.block(x, self.alpha, *extras)
+        with frozen_running_stats(self.block):
+            return self.block(x, self.alpha, *extras)

@@ -1,0 +1,84 @@
+"""The precision and memory benchmarks: their measurements on tiny sizes, parsing and the stack case."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pointdr2.bench import memory, precision
+from pointdr2.bench.cases_stack import AttentionSubBlock, MlpSubBlock, build_case
+from pointdr2.reversible import reconstruction_growth
+
+
+def parse(module, argv):
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_attention_sub_block_matches_sdpa_reference():
+    torch.manual_seed(0)
+    blk = AttentionSubBlock(dim=12, heads=3).double().eval()
+    x, pos = torch.randn(2, 5, 12, dtype=torch.float64), torch.randn(2, 5, 12, dtype=torch.float64)
+    u = x + pos
+    q, k, v = F.linear(F.layer_norm(u, (12,), blk.norm.weight, blk.norm.bias), blk.qkv.weight).chunk(3, -1)
+    heads = [t.reshape(2, 5, 3, 4).transpose(1, 2) for t in (q, k, v)]
+    y = F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(2, 5, 12)
+    assert torch.allclose(blk(x, 0.3, pos), 0.3 * u + blk.proj(y), atol=1e-12)
+    mlp = MlpSubBlock(dim=12).double().eval()
+    ref = 0.3 * x + mlp.fc2(F.gelu(mlp.fc1(mlp.norm(x))))
+    assert torch.allclose(mlp(x, 0.3, pos), ref, atol=1e-12)
+
+
+def test_precision_bench_quick_rows():
+    args = parse(precision, ["--quick", "--alphas", "1,0", "--betas", "0.1,1", "--dtype", "float64"])
+    rows = precision.measure(args)
+    assert [(r["alpha"], r["beta"]) for r in rows] == [(1, 0.1), (1, 1), (0, 0.1), (0, 1)]
+    eps = torch.finfo(torch.float64).eps
+    for r in rows:
+        assert math.isclose(r["predicted"], reconstruction_growth(r["alpha"], r["beta"]) ** 4 * eps, rel_tol=1e-9)
+        assert r["auto_grad_error"] < 1e-6
+    assert rows[-1]["grad_error"] < 1e-12 and rows[-1]["auto_k"] == 4
+    with pytest.raises(ValueError, match="betas"):
+        precision.measure(parse(precision, ["--quick", "--betas", "0,1"]))
+
+
+def test_memory_configs_and_bad_modes():
+    rows = memory._configs(parse(memory, ["--depths", "6,12", "--modes", "conventional,dr2net", "--auto", "start"]))
+    assert [(r["label"], r["depth"]) for r in rows] == [
+        ("conventional", 6), ("dr2net", 6), ("conventional", 12), ("dr2net", 12), ("auto@start", 12)
+    ]
+    assert (rows[-1]["alpha"], rows[-1]["beta"], rows[-1]["mode"]) == (1.0, 0.1, "dr2net-auto")
+    with pytest.raises(ValueError, match="modes"):
+        memory._configs(parse(memory, ["--modes", "fast"]))
+    with pytest.raises(ValueError, match="auto"):
+        memory._configs(parse(memory, ["--auto", "begin"]))
+    with pytest.raises(ValueError, match="mode"):
+        build_case("stack", "fast", 1, 1, 1, 0.0, 1.0, "cpu")
+
+
+def test_memory_worker_measures_less_saved_memory_for_dr2net():
+    base = {"model": "stack", "batch": 2, "points": 5, "steps": 1, "device": "cpu", "threads": 1, "depth": 2,
+            "alpha": 0.0, "beta": 1.0}
+    res = {m: memory._worker({**base, "mode": m, "label": m}) for m in ("conventional", "checkpoint", "dr2net")}
+    state = 2 * 5 * 384 * 4
+    assert res["dr2net"]["saved_bytes"] < res["checkpoint"]["saved_bytes"] < res["conventional"]["saved_bytes"]
+    # checkpoint keeps the 4 sub-block inputs x_0..x_3 (and the head keeps x_4); dr2net the final pair
+    # (x_3, x_4), x_4 being the storage the head keeps too: 5 states against 2
+    assert res["checkpoint"]["saved_bytes"] - res["dr2net"]["saved_bytes"] == 3 * state
+    assert res["dr2net"]["cache_every"] == 4 and res["dr2net"]["sub_blocks"] == 4
+    assert all(r["step_s"] > 0 and r["peak_bytes"] >= 0 for r in res.values())
+    table = memory.format_table(list(res.values()))
+    assert "dr2net" in table and "/ckpt" in table
+
+
+def test_memory_worker_runs_in_a_fresh_process():
+    cfg = {"model": "stack", "batch": 1, "points": 3, "steps": 1, "device": "cpu", "threads": 1, "depth": 1,
+           "alpha": 1.0, "beta": 0.1, "mode": "dr2net-auto", "label": "auto@start"}
+    res = memory._run_one(cfg, timeout=300)
+    assert "error" not in res, res.get("error")
+    assert res["ran"] in ("checkpoint", "reversible") and 1 <= res["cache_every"] <= 2
