@@ -1,0 +1,79 @@
+"""Benchmark case for ``pointdr2 bench memory --model pointmae|pointbert``: ModelNet40 finetuning.
+
+One training step of the official finetuning configuration (dim 384, 6 heads, 64 groups x 32
+points, 40 classes) on ``batch`` synthetic clouds of ``points`` points (the recipe uses 1024),
+cross-entropy loss. ``depth`` sets the number of transformer blocks (``None``: the published 12).
+Rows (see ``pointdr2/bench/memory.py``):
+
+- ``conventional``: the model itself;
+- ``checkpoint``: ``to_dr2net(model, 1.0, 0.0, mode="checkpoint", recompute_stem=True)``: every
+  sub-block checkpointed, tokenizer recomputed in chunks of groups;
+- ``dr2net`` / ``dr2net-auto``: ``to_dr2net(model, alpha, beta, mode="reversible" / "auto",
+  recompute_stem=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pointdr2.models import build_model, to_dr2net
+
+MODELS = ("pointmae", "pointbert")
+NUM_CLASSES = 40
+
+
+def synthetic_clouds(batch: int, points: int, generator: torch.Generator) -> torch.Tensor:
+    """[B, N, 3] object-like clouds normalised to the unit ball (as ModelNet40 after preprocessing):
+    points on a random ellipsoid surface with noise, so FPS/kNN see surface-like neighbourhoods."""
+    direction = torch.randn(batch, points, 3, generator=generator)
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    axes = 0.4 + 0.6 * torch.rand(batch, 1, 3, generator=generator)
+    xyz = direction * axes + 0.01 * torch.randn(batch, points, 3, generator=generator)
+    xyz = xyz - xyz.mean(dim=1, keepdim=True)
+    return xyz / xyz.norm(dim=-1).amax(dim=1)[:, None, None]
+
+
+def build_case(model: str, mode: str, depth: int | None, batch: int, points: int, alpha: float, beta: float,
+               device: torch.device) -> tuple[nn.Module, tuple[torch.Tensor, ...], Callable[[torch.Tensor], torch.Tensor]]:
+    """-> (module in train mode on ``device``, (points,), loss_fn(logits) -> scalar)."""
+    if model not in MODELS:
+        raise ValueError(f"cases_transformer: model must be one of {', '.join(MODELS)}, got {model!r}")
+    cfg = {"name": model, "num_classes": NUM_CLASSES}
+    if depth is not None:
+        if depth < 1:
+            raise ValueError(f"cases_transformer: depth must be >= 1 transformer blocks, got {depth}")
+        cfg["depth"] = depth
+    if points < 64:
+        # CI smoke sizes: fewer, smaller groups so the cloud can be grouped at all
+        cfg.update(num_group=max(1, points // 4), group_size=max(1, min(32, points // 2)))
+    elif points < 1024:
+        cfg.update(num_group=max(1, min(64, points // 16)), group_size=32)
+    else:
+        # the recipes scale groups with points (1024 -> 64 x 32, 2048 -> 128 x 32)
+        cfg.update(num_group=64 * max(1, math.ceil(points / 1024)), group_size=32)
+    net = build_model(cfg)
+    if mode == "conventional":
+        module = net
+    elif mode == "checkpoint":
+        module = to_dr2net(net, 1.0, 0.0, mode="checkpoint", recompute_stem=True)
+    elif mode == "dr2net":
+        module = to_dr2net(net, alpha, beta, mode="reversible", recompute_stem=True)
+    elif mode == "dr2net-auto":
+        module = to_dr2net(net, alpha, beta, mode="auto", recompute_stem=True)
+    else:
+        raise ValueError(f"cases_transformer: unknown mode {mode!r}; expected conventional, checkpoint, dr2net, "
+                         "dr2net-auto")
+    module = module.to(device).train()
+    g = torch.Generator().manual_seed(0)
+    pts = synthetic_clouds(batch, points, g)
+    target = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
+
+    def loss_fn(logits: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target)
+
+    return module, (pts.to(device),), loss_fn
