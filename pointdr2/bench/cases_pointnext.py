@@ -1,0 +1,80 @@
+"""Benchmark case for ``pointdr2 bench memory --model pointnext-{b,l,xl}``: S3DIS segmentation training.
+
+One training step of the S3DIS configuration (rgb + height input, 13 classes, strides 1,4,4,4,4,
+radius 0.1, nsample 32) on a synthetic crop of ``points`` points (the official recipe crops 24,000)
+with ``batch`` crops, cross-entropy over every point. Rows (see ``pointdr2/bench/memory.py``):
+
+- ``conventional``: the model itself;
+- ``checkpoint``: ``to_dr2net(model, 1.0, 0.0, mode="checkpoint")`` - every InvResMLP block and
+  every set abstraction checkpointed;
+- ``dr2net`` / ``dr2net-auto``: ``to_dr2net(model, alpha, beta, mode="reversible" / "auto")`` - each
+  stage's InvResMLP blocks reversible, set abstractions checkpointed (``recompute_stem``).
+
+``depth`` (optional) sets the number of InvResMLP blocks in each of the four downsampling stages
+(``blocks = [1, d+1, d+1, d+1, d+1]``); ``None`` keeps the published blocks (B 1,2,3,2,2;
+L 1,3,5,3,3; XL 1,4,7,4,4: 5, 10 and 15 InvResMLP blocks).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pointdr2.models import build_model, to_dr2net
+
+MODELS = ("pointnext-b", "pointnext-l", "pointnext-xl")
+NUM_CLASSES = 13
+
+
+def synthetic_crop(batch: int, points: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pos[B,N,3]`` and ``feats[B,4,N]`` (rgb in [0,1] + height) of an indoor-like crop.
+
+    The density matches a 0.04 m voxelised S3DIS crop: 24,000 points over a box of about
+    3 x 3 x 3 m, half on floor/wall planes (dense surfaces, as in rooms) and half in the volume.
+    """
+    side = 3.0 * (points / 24000) ** (1 / 3)
+    pos = torch.rand(batch, points, 3, generator=generator) * side
+    on_plane = torch.rand(batch, points, generator=generator) < 0.5
+    axis = torch.randint(0, 3, (batch, points), generator=generator)
+    flat = pos.clone()
+    flat.scatter_(2, axis.unsqueeze(-1), 0.0)  # project onto the x=0 / y=0 / z=0 planes
+    pos = torch.where(on_plane.unsqueeze(-1), flat, pos)
+    rgb = torch.rand(batch, 3, points, generator=generator)
+    height = pos[..., 2].unsqueeze(1)
+    return pos.contiguous(), torch.cat([rgb, height], 1).contiguous()
+
+
+def build_case(model: str, mode: str, depth: int | None, batch: int, points: int, alpha: float, beta: float,
+               device: torch.device) -> tuple[nn.Module, tuple[torch.Tensor, ...], Callable[[torch.Tensor], torch.Tensor]]:
+    """-> (module in train mode on ``device``, (pos, feats), loss_fn(logits) -> scalar)."""
+    if model not in MODELS:
+        raise ValueError(f"cases_pointnext: model must be one of {', '.join(MODELS)}, got {model!r}")
+    cfg = {"name": model, "task": "seg", "num_classes": NUM_CLASSES, "in_channels": 4}
+    if depth is not None:
+        if depth < 0:
+            raise ValueError(f"cases_pointnext: depth must be >= 0 InvResMLP blocks per stage, got {depth}")
+        cfg["blocks"] = [1] + [depth + 1] * 4
+    net = build_model(cfg)
+    if mode == "conventional":
+        module = net
+    elif mode == "checkpoint":
+        module = to_dr2net(net, 1.0, 0.0, mode="checkpoint", recompute_stem=True)
+    elif mode == "dr2net":
+        module = to_dr2net(net, alpha, beta, mode="reversible", recompute_stem=True)
+    elif mode == "dr2net-auto":
+        module = to_dr2net(net, alpha, beta, mode="auto", recompute_stem=True)
+    else:
+        raise ValueError(f"cases_pointnext: unknown mode {mode!r}; expected conventional, checkpoint, dr2net, "
+                         f"dr2net-auto")
+    module = module.to(device).train()
+    g = torch.Generator().manual_seed(0)
+    pos, feats = synthetic_crop(batch, points, g)
+    target = torch.randint(0, NUM_CLASSES, (batch, points), generator=g).to(device)
+
+    def loss_fn(logits: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target)
+
+    return module, (pos.to(device), feats.to(device)), loss_fn

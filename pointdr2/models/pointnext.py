@@ -1,0 +1,689 @@
+"""PointNeXt (Qian et al., NeurIPS 2022) for segmentation and classification, and its Dr²Net surrogate.
+
+Module paths mirror openpoints' ``BaseSeg``/``BaseCls`` so official checkpoints load as they are:
+
+    encoder.encoder.{stage}.{0: SetAbstraction, 1..: InvResMLP}   (PointNextEncoder)
+    decoder.decoder.{stage}.0.convs.{k}                           (PointNextDecoder, segmentation)
+    head.head.*          (SegHead, segmentation)   prediction.head.*   (ClsHead, classification)
+
+Forward signatures (see ../shared/API.md): ``PointNeXtSeg(pos[B,N,3], feats[B,C,N]) -> logits[B,K,N]``
+and ``PointNeXtCls(points[B,N,3(+C)]) -> logits[B,K]``.
+
+Differences from openpoints that do not change results: the InvResMLP blocks of a stage query the
+same points with the same radius, so their ball-query indices are computed once per stage and
+shared; a classification encoder whose last stage does not group all points is max-pooled.
+
+``dr2net_surrogate`` turns every stage's InvResMLP blocks into one ``Dr2Stack`` with
+``G_i(f; alpha) = ReLU(alpha*f + F_i(f))``; the stage's neighbour indices are the stack's extras.
+The set-abstraction (downsampling) layers stay non-reversible and are checkpointed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pointdr2 import ops
+from pointdr2.models.registry import register_model
+from pointdr2.nn.pointnext_layers import (
+    ClsHead,
+    FeaturePropagation,
+    InvResMLP,
+    SegHead,
+    SetAbstraction,
+    isolated_running_stats,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PRESETS",
+    "PointNeXtEncoder",
+    "PointNeXtDecoder",
+    "PointNeXtSeg",
+    "PointNeXtCls",
+    "PointNeXtDr2Net",
+    "build_pointnext",
+    "convert_official_state_dict",
+    "resolve_config",
+    "predict_room",
+    "stage_radii",
+]
+
+# Keys of the ``model`` config section understood by the PointNeXt builders, with defaults.
+DEFAULT_CFG: dict[str, Any] = {
+    "name": "pointnext",
+    "task": "seg",              # seg | cls
+    "num_classes": None,        # default 13 (seg) / 15 (cls)
+    "in_channels": 4,
+    "width": 32,
+    "blocks": [1, 2, 3, 2, 2],  # per stage, including its SetAbstraction
+    "strides": [1, 4, 4, 4, 4],
+    "radius": 0.1,              # scalar (initial, scaled per stage) or a list per stage
+    "radius_scaling": 2.0,
+    "nsample": 32,
+    "nsample_scaling": 1,
+    "expansion": 4,
+    "sa_layers": 1,
+    "sa_use_res": False,
+    "normalize_dp": True,
+    "use_res": True,
+    "decoder_layers": 2,
+    "head_mlps": None,          # hidden widths of the head (seg: [width]; cls: [512, 256])
+    "dropout": 0.5,
+    "height_dim": None,         # cls: append points[..., height_dim] - min as a feature if missing
+    "pretrained": None,         # consumed by build_model / load_pretrained
+}
+
+# Official configurations (openpoints cfgs/s3dis/pointnext-*.yaml, cfgs/scanobjectnn/pointnext-s.yaml).
+PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("pointnext-s", "seg"): {"blocks": [1, 1, 1, 1, 1], "strides": [1, 4, 4, 4, 4], "width": 32,
+                             "sa_layers": 2, "sa_use_res": True},
+    ("pointnext-b", "seg"): {"blocks": [1, 2, 3, 2, 2], "strides": [1, 4, 4, 4, 4], "width": 32},
+    ("pointnext-l", "seg"): {"blocks": [1, 3, 5, 3, 3], "strides": [1, 4, 4, 4, 4], "width": 32},
+    ("pointnext-xl", "seg"): {"blocks": [1, 4, 7, 4, 4], "strides": [1, 4, 4, 4, 4], "width": 64},
+    ("pointnext-s", "cls"): {"blocks": [1, 1, 1, 1, 1, 1], "strides": [1, 2, 2, 2, 2, 1], "width": 32,
+                             "sa_layers": 2, "sa_use_res": True, "radius": 0.15, "radius_scaling": 1.5,
+                             "head_mlps": [512, 256], "height_dim": 1},
+}
+for (_name, _task), _preset in list(PRESETS.items()):
+    if _task == "seg" and (_name, "cls") not in PRESETS:
+        PRESETS[(_name, "cls")] = {**_preset, "head_mlps": [512, 256]}
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _per_block(value: Any, scaling: float, blocks: Sequence[int], strides: Sequence[int], key: str) -> list[list]:
+    """Expand ``radius``/``nsample`` into one value per block (openpoints' convention).
+
+    A scalar is the first downsampling stage's SetAbstraction value; that stage's blocks use
+    ``value*scaling`` and every downsampling stage multiplies it once more (stride-1 stages keep
+    it for all their blocks). A list gives one value per stage (a nested list one per block; a
+    short nested list is padded with its last value).
+    """
+    out: list[list] = []
+    if _is_number(value):
+        for n, stride in zip(blocks, strides):
+            if stride == 1:
+                out.append([value] * n)
+            else:
+                out.append([value] + [value * scaling] * (n - 1))
+                value = value * scaling
+        return out
+    if not isinstance(value, (list, tuple)) or len(value) != len(blocks):
+        raise ValueError(f"model.{key} must be a number or a list with one entry per stage ({len(blocks)}), "
+                         f"got {value!r}")
+    for i, (v, n) in enumerate(zip(value, blocks)):
+        vs = list(v) if isinstance(v, (list, tuple)) else [v]
+        if not vs or not all(_is_number(x) for x in vs) or len(vs) > n:
+            raise ValueError(f"model.{key}[{i}] must be a number or up to {n} numbers, got {v!r}")
+        out.append(vs + [vs[-1]] * (n - len(vs)))
+    return out
+
+
+def stage_radii(cfg: Mapping[str, Any]) -> list[list[float]]:
+    """Ball-query radius of every block, ``[stage][block]`` (block 0 = the SetAbstraction)."""
+    return _per_block(cfg["radius"], cfg["radius_scaling"], cfg["blocks"], cfg["strides"], "radius")
+
+
+class PointNeXtStage(nn.Sequential):
+    """One encoder stage: ``[SetAbstraction, InvResMLP, ...]`` (indices as openpoints).
+
+    ``forward(p, f) -> (p', f')``; the InvResMLP blocks share one ball query per (radius, nsample).
+    """
+
+    def forward(self, p: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        p, f = self[0](p, f)
+        cache: dict[tuple[float, int], torch.Tensor] = {}
+        for block in list(self)[1:]:
+            key = (block.radius, block.nsample)
+            if key not in cache:
+                cache[key] = ops.ball_query(p, p, block.radius, block.nsample)
+            f = block(p, f, cache[key])
+        return p, f
+
+
+class PointNeXtEncoder(nn.Module):
+    """PointNeXt encoder: stages of ``SetAbstraction`` + ``InvResMLP`` blocks; widths double at
+    every downsampling stage.
+
+    ``forward(p[B,N,3], f[B,C_in,N]) -> (ps, fs)``: lists of length ``stages + 1`` starting with the
+    input; ``ps[i]`` is ``[B,N_i,3]``, ``fs[i]`` is ``[B,C_i,N_i]``.
+    """
+
+    def __init__(self, *, in_channels: int, width: int, blocks: Sequence[int], strides: Sequence[int],
+                 radii: Sequence[Sequence[float]], nsamples: Sequence[Sequence[int]], expansion: int = 4,
+                 sa_layers: int = 1, sa_use_res: bool = False, normalize_dp: bool = True,
+                 use_res: bool = True) -> None:
+        super().__init__()
+        self.blocks = list(blocks)
+        self.strides = list(strides)
+        channels = []
+        for stride in strides:
+            if stride != 1:
+                width *= 2
+            channels.append(width)
+        self.channel_list = channels
+        self.in_channels = in_channels
+        self.out_channels = channels[-1]
+        stages = []
+        c_in = in_channels
+        for i, (n, stride, c) in enumerate(zip(blocks, strides, channels)):
+            is_head = i == 0 and stride == 1
+            layers: list[nn.Module] = [SetAbstraction(
+                c_in, c, layers=1 if is_head else sa_layers, stride=stride, radius=radii[i][0],
+                nsample=nsamples[i][0], normalize_dp=normalize_dp, use_res=sa_use_res, is_head=is_head)]
+            for j in range(1, n):
+                layers.append(InvResMLP(c, radius=radii[i][j], nsample=nsamples[i][j], expansion=expansion,
+                                        normalize_dp=normalize_dp, use_res=use_res))
+            stages.append(PointNeXtStage(*layers))
+            c_in = c
+        self.encoder = nn.Sequential(*stages)
+
+    def forward(self, p: torch.Tensor, f: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        ps, fs = [p], [f]
+        for stage in self.encoder:
+            p, f = stage(p, f)
+            ps.append(p)
+            fs.append(f)
+        return ps, fs
+
+
+class PointNeXtDecoder(nn.Module):
+    """U-Net decoder (openpoints' PointNextDecoder with 4 decoder stages): from the coarsest
+    stage up, interpolate to the next finer point set, concat its skip features (the raw input
+    when the encoder has fewer than 5 stages), ``decoder_layers`` x (Conv1d BN ReLU).
+
+    ``forward(ps, fs) -> [B, C_0, N']`` with ``ps``/``fs`` from ``PointNeXtEncoder`` (input first);
+    for a 5-stage encoder with a stride-1 stem ``N'`` is the number of input points.
+    """
+
+    decoder_stages = 4
+
+    def __init__(self, encoder_channels: Sequence[int], *, decoder_layers: int = 2, in_channels: int = 3) -> None:
+        super().__init__()
+        enc = list(encoder_channels)
+        skips = enc[:-1]
+        fp_channels = enc[:self.decoder_stages]
+        if len(skips) < self.decoder_stages:
+            skips.insert(0, in_channels)
+        n = len(fp_channels)
+        stages: list[Optional[nn.Module]] = [None] * n
+        c_in = enc[-1]
+        for i in range(-1, -n - 1, -1):
+            stages[i] = nn.Sequential(FeaturePropagation([skips[i] + c_in] + [fp_channels[i]] * decoder_layers))
+            c_in = fp_channels[i]
+        self.decoder = nn.Sequential(*stages)
+        self.out_channels = fp_channels[0]
+
+    def forward(self, ps: Sequence[torch.Tensor], fs: Sequence[torch.Tensor]) -> torch.Tensor:
+        fs = list(fs)
+        n = len(self.decoder)
+        for i in range(-1, -n - 1, -1):
+            fs[i - 1] = self.decoder[i][0](ps[i - 1], fs[i - 1], ps[i], fs[i])
+        return fs[-n - 1]
+
+
+class PointNeXtSeg(nn.Module):
+    """PointNeXt segmentation network: ``forward(pos[B,N,3], feats[B,C,N]) -> logits[B,K,N]``."""
+
+    task = "seg"
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.num_classes = int(cfg["num_classes"])
+        self.encoder = _build_encoder(cfg)
+        self.decoder = PointNeXtDecoder(self.encoder.channel_list, decoder_layers=cfg["decoder_layers"],
+                                        in_channels=cfg["in_channels"])
+        self.head = SegHead(self.decoder.out_channels, self.num_classes, mlps=cfg["head_mlps"],
+                            dropout=cfg["dropout"])
+
+    def features_in(self, pos: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_points(pos, "pos")
+        if feats.dim() != 3 or feats.shape[0] != pos.shape[0] or feats.shape[2] != pos.shape[1]:
+            raise ValueError(f"feats must be [B, C, N] matching pos {tuple(pos.shape)}, got {tuple(feats.shape)}")
+        if feats.shape[1] != self.encoder.in_channels:
+            raise ValueError(f"feats has {feats.shape[1]} channels; model.in_channels is {self.encoder.in_channels}")
+        return pos.contiguous(), feats.contiguous()
+
+    def forward(self, pos: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        p, f = self.features_in(pos, feats)
+        ps, fs = self.encoder(p, f)
+        return self.head(self.decoder(ps, fs))
+
+    def convert_state_dict(self, state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """See ``convert_official_state_dict``."""
+        return convert_official_state_dict(state_dict)
+
+    def dr2net_surrogate(self, alpha: float = 1.0, beta: float = 0.1, mode: str = "reversible",
+                         **kw: Any) -> PointNeXtDr2Net:
+        """The Dr²Net surrogate sharing this model's parameters (see ``PointNeXtDr2Net``)."""
+        return PointNeXtDr2Net(self, alpha, beta, mode, **kw)
+
+
+class PointNeXtCls(nn.Module):
+    """PointNeXt classifier: ``forward(points[B,N,3(+C)]) -> logits[B,K]``.
+
+    Positions are ``points[..., :3]``; the input features are ``points[..., :in_channels]`` (xyz
+    first, as openpoints feeds ``x = points[:, :, :in_channels]``). When the points have one channel
+    fewer than ``in_channels`` and ``height_dim`` is set, the height ``points[..., height_dim] -
+    min`` is appended (openpoints' ScanObjectNN loader does this).
+    """
+
+    task = "cls"
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.num_classes = int(cfg["num_classes"])
+        self.height_dim = cfg["height_dim"]
+        self.encoder = _build_encoder(cfg)
+        self.prediction = ClsHead(self.encoder.out_channels, self.num_classes, mlps=cfg["head_mlps"],
+                                  dropout=cfg["dropout"])
+
+    def features_in(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if points.dim() != 3 or points.shape[-1] < 3:
+            raise ValueError(f"points must be [B, N, 3+C], got shape {tuple(points.shape)}")
+        c_in = self.encoder.in_channels
+        p = points[..., :3].contiguous()
+        if points.shape[-1] >= c_in:
+            f = points[..., :c_in]
+        elif points.shape[-1] == c_in - 1 and self.height_dim is not None:
+            h = points[..., self.height_dim:self.height_dim + 1]
+            f = torch.cat([points, h - h.min(dim=1, keepdim=True).values], dim=-1)
+        else:
+            raise ValueError(f"points has {points.shape[-1]} channels; model.in_channels is {c_in} "
+                             f"(set model.height_dim to append a height channel)")
+        _check_points(p, "points[..., :3]")
+        return p, f.transpose(1, 2).contiguous()
+
+    def pool(self, f: torch.Tensor) -> torch.Tensor:
+        return f.squeeze(-1) if f.shape[-1] == 1 else f.max(dim=-1).values
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        p, f = self.features_in(points)
+        _, fs = self.encoder(p, f)
+        return self.prediction(self.pool(fs[-1]))
+
+    convert_state_dict = PointNeXtSeg.convert_state_dict
+    dr2net_surrogate = PointNeXtSeg.dr2net_surrogate
+
+
+def _check_points(p: torch.Tensor, name: str) -> None:
+    if p.dim() != 3 or p.shape[-1] != 3:
+        raise ValueError(f"{name} must be [B, N, 3], got shape {tuple(p.shape)}")
+    if not p.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {p.dtype}")
+
+
+def _build_encoder(cfg: Mapping[str, Any]) -> PointNeXtEncoder:
+    return PointNeXtEncoder(
+        in_channels=cfg["in_channels"], width=cfg["width"], blocks=cfg["blocks"], strides=cfg["strides"],
+        radii=stage_radii(cfg),
+        nsamples=_per_block(cfg["nsample"], cfg["nsample_scaling"], cfg["blocks"], cfg["strides"], "nsample"),
+        expansion=cfg["expansion"], sa_layers=cfg["sa_layers"], sa_use_res=cfg["sa_use_res"],
+        normalize_dp=cfg["normalize_dp"], use_res=cfg["use_res"])
+
+
+# --------------------------------------------------------------------------- config and registry
+
+def resolve_config(cfg_model: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults <- preset of ``(name, task)`` <- ``cfg_model``; validated. Raises ValueError."""
+    if not isinstance(cfg_model, Mapping):
+        raise ValueError(f"model config must be a mapping, got {type(cfg_model).__name__}")
+    unknown = [k for k in cfg_model if k not in DEFAULT_CFG]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(DEFAULT_CFG), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join('model.' + c for c in close)}?" if close else \
+            f"; known: {', '.join(sorted(DEFAULT_CFG))}"
+        raise ValueError(f"unknown key model.{key} for PointNeXt{hint}")
+    name = cfg_model.get("name", "pointnext")
+    task = cfg_model.get("task", "seg")
+    if task not in ("seg", "cls"):
+        raise ValueError(f"model.task must be 'seg' or 'cls', got {task!r}")
+    cfg = copy.deepcopy(DEFAULT_CFG)
+    cfg.update(copy.deepcopy(PRESETS.get((name, task), {})))
+    cfg.update({k: copy.deepcopy(v) for k, v in cfg_model.items()})
+    if cfg["num_classes"] is None:
+        cfg["num_classes"] = 13 if task == "seg" else 15
+    for key in ("num_classes", "in_channels", "width", "expansion", "sa_layers", "decoder_layers"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise ValueError(f"model.{key} must be a positive integer, got {cfg[key]!r}")
+    for key in ("blocks", "strides"):
+        v = cfg[key]
+        if not isinstance(v, (list, tuple)) or not v or not all(isinstance(x, int) and x >= 1 for x in v):
+            raise ValueError(f"model.{key} must be a non-empty list of positive integers, got {v!r}")
+    if len(cfg["blocks"]) != len(cfg["strides"]):
+        raise ValueError(f"model.blocks ({len(cfg['blocks'])} stages) and model.strides "
+                         f"({len(cfg['strides'])} stages) must have the same length")
+    if task == "seg" and (not 2 <= len(cfg["strides"]) <= 5 or cfg["strides"][0] != 1
+                          or 1 in cfg["strides"][1:]):
+        raise ValueError(f"model.strides for segmentation must be [1, s, ...] (2 to 5 stages, every later "
+                         f"s > 1), got {cfg['strides']!r}")
+    for key in ("radius_scaling", "nsample_scaling"):
+        if not _is_number(cfg[key]) or cfg[key] <= 0:
+            raise ValueError(f"model.{key} must be a positive number, got {cfg[key]!r}")
+    radii = stage_radii(cfg)
+    if any(r <= 0 for stage in radii for r in stage):
+        raise ValueError(f"model.radius must be positive, got {cfg['radius']!r}")
+    nsamples = _per_block(cfg["nsample"], cfg["nsample_scaling"], cfg["blocks"], cfg["strides"], "nsample")
+    if any(not float(k).is_integer() or k < 1 for stage in nsamples for k in stage):
+        raise ValueError(f"model.nsample must give positive integers, got {cfg['nsample']!r}")
+    cfg["nsample"] = [[int(k) for k in stage] for stage in nsamples]
+    cfg["nsample_scaling"] = 1
+    for key in ("sa_use_res", "normalize_dp", "use_res"):
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"model.{key} must be true or false, got {cfg[key]!r}")
+    if not _is_number(cfg["dropout"]) or not 0 <= cfg["dropout"] < 1:
+        raise ValueError(f"model.dropout must be in [0, 1), got {cfg['dropout']!r}")
+    mlps = cfg["head_mlps"]
+    if mlps is not None and (not isinstance(mlps, (list, tuple)) or
+                             not all(isinstance(x, int) and x >= 1 for x in mlps)):
+        raise ValueError(f"model.head_mlps must be null or a list of positive integers, got {mlps!r}")
+    if task == "cls" and mlps is None:
+        cfg["head_mlps"] = [512, 256]
+    hd = cfg["height_dim"]
+    if hd is not None and (not isinstance(hd, int) or isinstance(hd, bool) or hd not in (0, 1, 2)):
+        raise ValueError(f"model.height_dim must be null or 0, 1, 2, got {hd!r}")
+    return cfg
+
+
+@register_model("pointnext", "pointnext-s", "pointnext-b", "pointnext-l", "pointnext-xl")
+def build_pointnext(cfg_model: Mapping[str, Any]) -> nn.Module:
+    """Build a PointNeXt from a ``model`` config section (``task: seg`` or ``cls``)."""
+    cfg = resolve_config(cfg_model)
+    model = PointNeXtSeg(cfg) if cfg["task"] == "seg" else PointNeXtCls(cfg)
+    logger.info("built %s (%s, %.2fM parameters)", cfg["name"], cfg["task"],
+                sum(p.numel() for p in model.parameters()) / 1e6)
+    return model
+
+
+# --------------------------------------------------------------------------- official checkpoints
+
+def convert_official_state_dict(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map an openpoints PointNeXt state dict (or a whole ``{model, optimizer, scheduler, epoch,
+    best_val}`` checkpoint) to this model's keys.
+
+    The module paths are openpoints' own, so only wrappers are removed: a ``model``/``state_dict``
+    level, DistributedDataParallel's ``module.`` prefix, and keys of loss modules (``criterion.*``).
+    Returns ``(state_dict, expected_missing)``; nothing is expected to be missing from a
+    finetuned PointNeXt checkpoint. Raises ValueError for a dict that holds no PointNeXt weights.
+    """
+    sd: Any = state_dict
+    for wrapper in ("model", "state_dict", "base_model"):
+        if isinstance(sd, Mapping) and isinstance(sd.get(wrapper), Mapping):
+            sd = sd[wrapper]
+            break
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"PointNeXt checkpoint must hold a state dict, got {type(sd).__name__}")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if not isinstance(key, str) or not torch.is_tensor(value):
+            continue
+        while key.startswith("module."):
+            key = key[len("module."):]
+        if key.startswith("criterion."):
+            continue
+        out[key] = value
+    if not any(k.startswith("encoder.encoder.") for k in out):
+        sample = ", ".join(list(out)[:3]) or "no tensors"
+        raise ValueError(f"not a PointNeXt state dict: no 'encoder.encoder.*' keys (found {sample})")
+    return out, []
+
+
+# --------------------------------------------------------------------------- Dr²Net surrogate
+
+class _InvResBlockG(nn.Module):
+    """Dr2Stack block ``G(f; alpha, p, idx) = ReLU(alpha*f + F(f))`` around one InvResMLP (the
+    post-add ReLU stays inside G: Dr²Net never inverts G). When the stack recomputes the block
+    during backward its BatchNorm layers run on copies of their running statistics, so those see
+    one update per step."""
+
+    def __init__(self, block: InvResMLP) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, f: torch.Tensor, alpha: float, p: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if _in_backward():
+            with isolated_running_stats(self.block):
+                return self.block.scaled(f, alpha, p, idx)
+        return self.block.scaled(f, alpha, p, idx)
+
+
+def _in_backward() -> bool:
+    """True while autograd executes a backward pass (a recomputation inside a custom backward or a
+    checkpoint's recompute)."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
+def _checkpoint_sa(sa: SetAbstraction, p: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``sa`` without storing its grouped features: the sampling and neighbour indices are
+    computed once (they are not activations) and kept with ``p`` and ``f``; the aggregation is
+    recomputed in backward, on copies of its BatchNorm running statistics (one update per step)."""
+    new_p, centre_idx, idx = sa.sample(p)
+    out = checkpoint(sa.aggregate, p, f, new_p, centre_idx, idx, use_reentrant=False,
+                     context_fn=lambda: (contextlib.nullcontext(), isolated_running_stats(sa)))
+    return new_p, out
+
+
+class PointNeXtDr2Net(nn.Module):
+    """Dr²Net surrogate of a PointNeXt model; shares its modules and parameters.
+
+    Every encoder stage with InvResMLP blocks runs them as one ``Dr2Stack`` (its extras: the
+    stage's positions and ball-query indices, computed once per stage); set abstractions are
+    checkpointed when ``recompute_stem`` (they are not reversible). The call signature is the
+    source model's. ``state_dict()`` has exactly the source model's keys (the stacks only alias
+    the encoder's blocks), so checkpoints move freely between the two.
+    """
+
+    def __init__(self, model: nn.Module, alpha: float = 1.0, beta: float = 0.1, mode: str = "reversible", *,
+                 recompute_stem: Optional[bool] = None, **stack_kwargs: Any) -> None:
+        super().__init__()
+        from pointdr2.reversible import Dr2Stack
+
+        unknown = sorted(set(stack_kwargs) - {"output", "cache_every", "tolerance"})
+        if unknown:
+            raise ValueError(f"unknown Dr2Net option(s) {', '.join(unknown)} for PointNeXt; expected "
+                             f"recompute_stem, output, cache_every, tolerance")
+        if not isinstance(model, (PointNeXtSeg, PointNeXtCls)):
+            raise ValueError(f"PointNeXtDr2Net needs a PointNeXtSeg or PointNeXtCls, got {type(model).__name__}")
+        self.task = model.task
+        self.num_classes = model.num_classes
+        self.source_type = type(model)
+        self.encoder = model.encoder
+        if model.task == "seg":
+            self.decoder = model.decoder
+            self.head = model.head
+        else:
+            self.prediction = model.prediction
+        # ``features_in`` / ``pool`` are plain methods of the source model; keep the model itself
+        # out of the module tree (its modules are registered above).
+        object.__setattr__(self, "_source", model)
+        self.recompute_stem = (mode != "standard") if recompute_stem is None else bool(recompute_stem)
+        stacks = {}
+        for i, stage in enumerate(self.encoder.encoder):
+            blocks = list(stage)[1:]
+            if not blocks:
+                continue
+            keys = {(b.radius, b.nsample) for b in blocks}
+            if len(keys) != 1:
+                raise ValueError(f"encoder stage {i}: InvResMLP blocks with different radius/nsample {sorted(keys)} "
+                                 f"cannot share one Dr2Stack")
+            stacks[str(i)] = Dr2Stack([_InvResBlockG(b) for b in blocks], alpha=alpha, beta=beta, mode=mode,
+                                      **stack_kwargs)
+        self.stacks = nn.ModuleDict(stacks)
+        self._aliases = self._stack_aliases()
+        # state_dict() without the aliases, load_state_dict() filling them in: the surrogate's keys
+        # are exactly the source model's.
+        post_hook = getattr(self, "register_state_dict_post_hook", None) or self._register_state_dict_hook
+        post_hook(_drop_alias_keys)
+        self.register_load_state_dict_pre_hook(_fill_alias_keys)
+
+    def _stack_aliases(self) -> dict[str, str]:
+        """``{stacks.* key: encoder.* key}`` for every tensor the stacks share with the encoder."""
+        owner = {}
+        for name, t in [*self.encoder.named_parameters(remove_duplicate=False),
+                        *self.encoder.named_buffers(remove_duplicate=False)]:
+            owner.setdefault(id(t), "encoder." + name)
+        aliases = {}
+        for name, t in [*self.stacks.named_parameters(remove_duplicate=False),
+                        *self.stacks.named_buffers(remove_duplicate=False)]:
+            if id(t) in owner:
+                aliases["stacks." + name] = owner[id(t)]
+        return aliases
+
+    def _run_encoder(self, p: torch.Tensor, f: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        ps, fs = [p], [f]
+        for i, stage in enumerate(self.encoder.encoder):
+            sa = stage[0]
+            if self.recompute_stem and torch.is_grad_enabled() and self.training and not sa.is_head:
+                p, f = _checkpoint_sa(sa, p, f)
+            else:
+                p, f = sa(p, f)
+            if str(i) in self.stacks:
+                first = stage[1]
+                idx = ops.ball_query(p, p, first.radius, first.nsample)
+                f = self.stacks[str(i)](f, p, idx)
+            ps.append(p)
+            fs.append(f)
+        return ps, fs
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.task == "seg":
+            if len(inputs) != 2:
+                raise ValueError(f"segmentation surrogate is called as model(pos, feats), got {len(inputs)} inputs")
+            p, f = self._source.features_in(*inputs)
+            ps, fs = self._run_encoder(p, f)
+            return self.head(self.decoder(ps, fs))
+        if len(inputs) != 1:
+            raise ValueError(f"classification surrogate is called as model(points), got {len(inputs)} inputs")
+        p, f = self._source.features_in(inputs[0])
+        _, fs = self._run_encoder(p, f)
+        return self.prediction(self._source.pool(fs[-1]))
+
+    def convert_state_dict(self, state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+        return convert_official_state_dict(state_dict)
+
+
+def _drop_alias_keys(module: PointNeXtDr2Net, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    for key in module._aliases:
+        state_dict.pop(prefix + key, None)
+
+
+def _fill_alias_keys(module: PointNeXtDr2Net, state_dict: dict, prefix: str, local_metadata: Any, strict: bool,
+                     missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    for alias, key in module._aliases.items():
+        if prefix + key in state_dict and prefix + alias not in state_dict:
+            state_dict[prefix + alias] = state_dict[prefix + key]
+
+
+# --------------------------------------------------------------------------- whole-room inference
+
+@torch.no_grad()
+def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None, *,
+                 max_points: Optional[int] = None, device: Optional[torch.device | str] = None,
+                 chunk_transform: Optional[Callable[[torch.Tensor, torch.Tensor],
+                                                    tuple[torch.Tensor, torch.Tensor]]] = None,
+                 progress: bool = False) -> torch.Tensor:
+    """Per-point logits of a whole room from its voxel passes, without running out of memory.
+
+    Args:
+        model: a segmentation model ``model(pos[1,n,3], feats[1,C,n]) -> [1,K,n]`` (put it in eval
+            mode first; it runs under ``no_grad``, one pass or chunk at a time).
+        passes: an iterable of dicts with ``pos`` float ``[n,3]``, ``feats`` float ``[C,n]`` and
+            ``index`` int64 ``[n]`` (the room point each pass point stands for), or a room object
+            with ``passes()`` and ``num_points`` (``pointdr2.data.s3dis.S3DISRoom``).
+        num_points: points in the room (taken from the room object when omitted).
+        max_points: run passes larger than this in overlapping spatial chunks (the ``max_points``
+            points nearest a seed, seeds taken until every point is covered), so memory stays that
+            of a ``max_points``-point forward; ``None`` runs every pass whole.
+        device: where the model runs (default: the model's device).
+        chunk_transform: optional ``(pos, feats) -> (pos, feats)`` applied to each chunk (e.g. to
+            recompute a height feature relative to the chunk as training crops have it).
+
+    Returns:
+        float32 ``[num_points, K]`` on the CPU: the mean of the logits of every forward that
+        covered the point (as openpoints' voting-free S3DIS test); rows of points never covered
+        are NaN.
+    """
+    if num_points is None:
+        if not hasattr(passes, "passes") or not hasattr(passes, "num_points"):
+            raise ValueError("predict_room needs num_points unless passes is a room with passes() and num_points")
+        num_points, passes = int(passes.num_points), passes.passes()
+    elif hasattr(passes, "passes") and callable(passes.passes):
+        passes = passes.passes()
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    if max_points is not None and (not isinstance(max_points, int) or max_points < 1):
+        raise ValueError(f"max_points must be a positive integer or None, got {max_points!r}")
+    total: Optional[torch.Tensor] = None
+    count = torch.zeros(num_points, dtype=torch.float32)
+    iterator: Iterable = passes
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(passes, desc="room passes", leave=False)
+    for k, item in enumerate(iterator):
+        for key in ("pos", "feats", "index"):
+            if key not in item:
+                raise ValueError(f"pass {k} has no {key!r} entry (expected pos [n,3], feats [C,n], index [n])")
+        pos, feats, index = item["pos"], item["feats"], item["index"].long()
+        if pos.dim() != 2 or pos.shape[1] != 3 or feats.dim() != 2 or feats.shape[1] != pos.shape[0] \
+                or index.shape != (pos.shape[0],):
+            raise ValueError(f"pass {k}: expected pos [n,3], feats [C,n], index [n], got {tuple(pos.shape)}, "
+                             f"{tuple(feats.shape)}, {tuple(index.shape)}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_points):
+            raise ValueError(f"pass {k}: index out of range for a room of {num_points} points")
+        for chunk in _chunks(pos, max_points):
+            cp = pos if chunk is None else pos[chunk]
+            cf = feats if chunk is None else feats[:, chunk]
+            ci = index if chunk is None else index[chunk]
+            if chunk is not None and chunk_transform is not None:
+                cp, cf = chunk_transform(cp, cf)
+            logits = model(cp.unsqueeze(0).to(device), cf.unsqueeze(0).to(device))[0]
+            logits = logits.transpose(0, 1).float().cpu()
+            if total is None:
+                total = torch.zeros(num_points, logits.shape[1], dtype=torch.float32)
+            total.index_add_(0, ci, logits)
+            count.index_add_(0, ci, torch.ones(ci.shape[0]))
+    if total is None:
+        raise ValueError("predict_room got no passes")
+    return total / count.unsqueeze(1)  # 0/0 -> NaN marks uncovered points
+
+
+def _chunks(pos: torch.Tensor, max_points: Optional[int]) -> Iterable[Optional[torch.Tensor]]:
+    """Index sets covering ``pos[n,3]``: ``None`` (everything) or crops of the ``max_points``
+    points nearest a seed; the next seed is the uncovered point nearest the previous seed, so the
+    crops sweep across the room with little overlap."""
+    n = pos.shape[0]
+    if max_points is None or n <= max_points:
+        yield None
+        return
+    covered = torch.zeros(n, dtype=torch.bool)
+    seed = 0
+    pos64 = pos.double()
+    while True:
+        d2 = (pos64 - pos64[seed]).square().sum(1)
+        chunk = torch.topk(d2, max_points, largest=False).indices
+        chunk = torch.sort(chunk).values  # keep pass order (FPS starts at the first point)
+        covered[chunk] = True
+        yield chunk
+        if bool(covered.all()):
+            return
+        # Next seed: the uncovered point nearest to the last seed, so chunks grow outward.
+        d2 = d2.masked_fill(covered, float("inf"))
+        seed = int(torch.argmin(d2))
