@@ -54,6 +54,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     else:
         lines.append("cuda         not available (CPU only)")
     lines.append(f"op backends  {', '.join(ops.available_backends())}")
+    for name, state in ops.backend_status().items():
+        lines.append(f"  {name + ':':<14} {state}")
     lines.append(f"  selected   {ops.get_backend()}"
                  + ("  (from POINTDR2_OPS_BACKEND)" if os.environ.get("POINTDR2_OPS_BACKEND") else ""))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -74,18 +76,135 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench", help="benchmarks measured side by side in one run")
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    # Import only the benchmark being run: each one pulls in models, ops or data, and every
+    # pointdr2 command builds this parser.
+    argv = [a for a in _ARGV if not a.startswith("-")]
+    wanted = argv[1] if len(argv) > 1 and argv[0] == "bench" else None
     for name, (module_path, help_text) in BENCHES.items():
         q = what.add_parser(name, help=help_text)
-        module = importlib.import_module(module_path)
-        module.add_arguments(q)
-        q.set_defaults(func=module.run)
+        if name == wanted:
+            module = importlib.import_module(module_path)
+            module.add_arguments(q)
+            q.set_defaults(func=module.run)
+
+
+# ----------------------------------------------------------------------------- train / eval / visualize / demo
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides and options come in any order (``CONFIG --checkpoint P a=1 b=2``).
+
+    Plain argparse stops filling a ``nargs="*"`` positional at the first option.
+    """
+
+    _busy = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._busy:
+            return super().parse_known_args(args, namespace)
+        self._busy = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._busy = False
+
+
+def _intermixed(sub: argparse._SubParsersAction, name: str, **kwargs) -> argparse.ArgumentParser:
+    old = sub._parser_class
+    sub._parser_class = _IntermixedParser
+    try:
+        return sub.add_parser(name, **kwargs)
+    finally:
+        sub._parser_class = old
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = _intermixed(sub, "train", help="finetune / train a model; writes a run directory (run.dir)")
+    p.add_argument("config", metavar="CONFIG", help="config file (path, or relative to configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pth")
+    p.add_argument("--force", action="store_true", help="start over in an existing run directory")
+    p.add_argument("--stop-after-epochs", type=int, metavar="N",
+                   help="stop (resumably) after N epochs of this invocation, e.g. to fit a time slot")
+
+    def run(args: argparse.Namespace) -> int:
+        from pointdr2.engine.commands import cmd_train
+
+        return cmd_train(args)
+
+    p.set_defaults(func=run)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = _intermixed(sub, "eval", help="evaluate a checkpoint: OA/mAcc (classification), mIoU/mAcc/OA (segmentation)")
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pth / last.pth or an official checkpoint")
+    p.add_argument("--vote", type=int, metavar="N", help="test-time voting passes (classification; default eval.vote)")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    def run(args: argparse.Namespace) -> int:
+        from pointdr2.engine.commands import cmd_eval
+
+        return cmd_eval(args)
+
+    p.set_defaults(func=run)
+
+
+def _add_visualize(sub: argparse._SubParsersAction) -> None:
+    p = _intermixed(sub, "visualize", help="render a sample coloured by prediction, ground truth or error (PNG + PLY)")
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--index", type=int, default=0, metavar="I", help="sample (or room) index in the split")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--out", default="visualize.png", metavar="FILE.png", help="PNG to write (PLY files beside it)")
+    p.add_argument("--color", default="pred", choices=["pred", "gt", "error"])
+    p.add_argument("--window", default="auto", choices=["auto", "yes", "no"],
+                   help="open an Open3D window (auto: when a display exists)")
+    p.add_argument("--width", type=int, default=800)
+    p.add_argument("--height", type=int, default=600)
+    p.add_argument("--point-size", type=float, default=4.0)
+
+    def run(args: argparse.Namespace) -> int:
+        from pointdr2.engine.commands import cmd_visualize
+
+        return cmd_visualize(args)
+
+    p.set_defaults(func=run)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the embedded default: synthetic data, pretrain, Dr2Net vs conventional finetuning")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a tiny version (< 1 min) that exercises every step")
+    p.add_argument("--force", action="store_true", help="overwrite an existing demo directory")
+
+    def run(args: argparse.Namespace) -> int:
+        from pointdr2.engine.demo import run_demo
+
+        return run_demo(args)
+
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- prepare
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    from pointdr2.data.prepare.commands import add_subcommands
+
+    p = sub.add_parser("prepare", help="prepare datasets: modelnet40 | scanobjectnn | s3dis | synthetic")
+    add_subcommands(p)
 
 
 # ----------------------------------------------------------------------------- main
-COMMANDS = [_add_info, _add_bench]
+COMMANDS = [_add_info, _add_bench, _add_train, _add_eval, _add_visualize, _add_demo, _add_prepare]
 
 
-def build_parser() -> argparse.ArgumentParser:
+_ARGV: list[str] = []
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; ``argv`` (default sys.argv[1:]) decides which benchmark module is imported."""
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="pointdr2",
         description="Memory-efficient finetuning of pretrained point-cloud networks with Dr2Net.",
@@ -99,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -84,6 +84,10 @@ DEFAULTS: dict[str, Any] = {
         "val_every": 1,
         "device": "auto",
         "deterministic": False,
+        # With select_on=val: evaluate best.pth once on the test split when training ends.
+        "test_at_end": True,
+        # Convert BatchNorm to SyncBatchNorm in multi-process training.
+        "sync_bn": False,
     },
     "eval": {
         "batch_size": 32,

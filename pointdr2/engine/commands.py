@@ -1,0 +1,218 @@
+"""Implementations of ``pointdr2 train | eval | visualize`` (argument parsing lives in ``pointdr2.cli``).
+
+Each ``cmd_*`` takes the parsed ``argparse.Namespace`` and returns an exit status; bad input
+raises ``ValueError`` / ``FileNotFoundError`` with a one-line message (``pointdr2.cli.main``
+prints it and exits with status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from pointdr2.config import Config, find_config, load_config
+
+__all__ = ["cmd_train", "cmd_eval", "cmd_visualize", "load_for_eval", "predict_sample"]
+
+log = logging.getLogger(__name__)
+
+
+def _config(args: argparse.Namespace, extra: list[str] | tuple = ()) -> Config:
+    path = find_config(args.config)
+    return load_config(path, list(args.overrides or []) + list(extra))
+
+
+# ----------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from pointdr2.engine.distributed import cleanup
+    from pointdr2.engine.trainer import TrainingDiverged, TrainingInterrupted, train
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        # torchrun workers other than rank 0: warnings only (rank 0 logs and saves for everyone).
+        logging.getLogger("pointdr2").setLevel(logging.WARNING)
+    extra = []
+    if args.resume:
+        if args.force:
+            raise ValueError("--resume and --force exclude each other: resume continues a run, --force starts it over")
+        run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"--resume: run directory not found: {run_dir}")
+        extra.append(f"run.dir={run_dir}")
+    cfg = _config(args, extra)
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        raise ValueError(f"--stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
+    try:
+        result = train(cfg, resume=bool(args.resume), force=bool(args.force), stop_after_epochs=args.stop_after_epochs)
+    except TrainingDiverged as exc:
+        print(f"pointdr2 train: error: {exc}", file=sys.stderr)
+        return 3
+    except TrainingInterrupted as exc:
+        print(f"pointdr2 train: {exc}", file=sys.stderr)
+        return 130
+    finally:
+        cleanup()
+    if result.stopped_early:
+        log.info("stopped after epoch %d; continue with: pointdr2 train %s --resume %s", result.epochs_done,
+                 args.config, result.run_dir)
+    else:
+        log.info("done: best %s %s %.2f at epoch %d; checkpoints in %s", cfg.train.select_on, result.metric_name,
+                 result.best_metric, result.best_epoch, result.run_dir)
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+def load_for_eval(cfg: Config, checkpoint: str | os.PathLike, split: str = "test"):
+    """Dataset, base model, evaluation network and checkpoint dict for ``split``.
+
+    The model is built from ``cfg.model`` (``num_classes`` from the dataset when unset), the
+    weights loaded strictly, and a Dr2Net surrogate rebuilt at the checkpoint's coefficients when
+    the checkpoint was finetuned with ``finetune.mode: dr2net``.
+    """
+    from pointdr2.data import build_dataset
+    from pointdr2.engine.trainer import build_network, load_model_weights, resolve_device
+    from pointdr2.models import build_model
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"--split must be train, val or test, got {split!r}")
+    ckpt_path = Path(checkpoint)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"--checkpoint: file not found: {ckpt_path}")
+    device = resolve_device(cfg.train.device)
+    vf = float(cfg.train.val_fraction) if cfg.train.select_on == "val" else 0.0
+    dataset = build_dataset(cfg.dataset, split, val_fraction=vf, seed=int(cfg.train.seed))
+    if "num_classes" not in cfg.model:
+        cfg.model["num_classes"] = int(dataset.num_classes)
+    model = build_model(cfg.model)
+    ckpt = load_model_weights(model, ckpt_path)
+    model.to(device).eval()
+    finetune = ckpt.get("finetune") if isinstance(ckpt.get("finetune"), dict) else {"mode": "conventional"}
+    if finetune.get("mode") == "dr2net":
+        ft = {"mode": "dr2net", "output": finetune.get("output", "last"), "backprop": "auto"}
+        net = build_network(model, ft, float(finetune["alpha"]), float(finetune["beta"]), train=False).to(device)
+        log.info("evaluating the Dr2Net surrogate at alpha=%.3g beta=%.3g (as finetuned)", finetune["alpha"],
+                 finetune["beta"])
+    else:
+        net = model
+    net.eval()
+    return dataset, model, net, ckpt, device
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pointdr2.engine.evaluator import evaluate
+
+    cfg = _config(args)
+    vote = int(args.vote) if args.vote is not None else int(cfg.eval.vote)
+    if vote < 1:
+        raise ValueError(f"--vote must be >= 1, got {vote}")
+    dataset, _, net, _, device = load_for_eval(cfg, args.checkpoint, args.split)
+    crop = cfg.dataset.get("crop_points")
+    from pointdr2.engine.evaluator import default_room_predictor
+
+    metrics = evaluate(net, dataset, device=device, batch_size=int(cfg.eval.batch_size), vote=vote,
+                       num_workers=int(cfg.train.num_workers), amp=str(cfg.train.amp), seed=int(cfg.train.seed),
+                       progress=bool(cfg.run.progress), desc=f"eval {args.split}",
+                       room_predictor=default_room_predictor(int(crop) if crop else None))
+    names = list(getattr(dataset, "class_names", [])) or [str(i) for i in range(len(metrics["acc_per_class"]))]
+    out = {"checkpoint": str(args.checkpoint), "split": args.split, "vote": vote, "task": metrics["task"],
+           "oa": metrics["oa"], "macc": metrics["macc"], "count": metrics["count"]}
+    if metrics["task"] == "segmentation":
+        out["miou"] = metrics["miou"]
+        out["iou_per_class"] = dict(zip(names, metrics["iou_per_class"]))
+    out["acc_per_class"] = dict(zip(names, metrics["acc_per_class"]))
+    if args.json:
+        # JSON has no NaN: classes absent from the split become null.
+        print(json.dumps(_nan_to_none(out)))
+    else:
+        head = "  ".join(f"{k} {out[k]:.2f}" for k in ("miou", "oa", "macc") if k in out)
+        print(f"{args.split} ({out['count']} {'points' if out['task'] == 'segmentation' else 'samples'}, "
+              f"vote {vote}): {head}")
+        per = out.get("iou_per_class") or out["acc_per_class"]
+        label = "IoU" if "iou_per_class" in out else "acc"
+        for name, value in per.items():
+            print(f"  {name:<16} {label} {value:6.2f}" if not math.isnan(value) else f"  {name:<16} {label}    n/a")
+    return 0
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ----------------------------------------------------------------------------- visualize
+@torch.no_grad()
+def predict_sample(net, dataset, index: int, device: torch.device, max_points: int | None = None):
+    """``(xyz [n,3] numpy, pred [n] or [], target [n] or [])`` for sample ``index`` of ``dataset``."""
+    from pointdr2.engine.evaluator import default_room_predictor, is_room_dataset, task_of
+
+    if not 0 <= index < len(dataset):
+        raise ValueError(f"--index must lie in [0, {len(dataset)}), got {index}")
+    if is_room_dataset(dataset):
+        room = dataset[index]
+        logits = default_room_predictor(max_points)(net, room, device)
+        return room.room[:, :3], logits.argmax(dim=-1).numpy(), room.labels.numpy()
+    sample = dataset[index]
+    task = task_of(sample)
+    if task == "classification":
+        points = sample["points"]
+        logits = net(points.unsqueeze(0).to(device))
+        return points[:, :3].numpy(), logits.argmax(dim=1).cpu().numpy(), sample["label"].reshape(1).numpy()
+    logits = net(sample["pos"].unsqueeze(0).to(device), sample["feats"].unsqueeze(0).to(device))
+    return sample["pos"].numpy(), logits[0].argmax(dim=0).cpu().numpy(), sample["label"].numpy()
+
+
+def _class_colors(dataset, num_classes: int):
+    import numpy as np
+
+    from pointdr2.viz import palette
+
+    colors = getattr(dataset, "colors", None)
+    if colors is not None:
+        colors = np.asarray(colors, dtype=np.float64)
+        if colors.ndim == 2 and colors.shape == (num_classes, 3):
+            return colors / 255.0 if colors.max() > 1.0 else colors
+    return palette(num_classes)
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from pointdr2.viz import color_by_labels, color_errors, has_display, render_png, show_window, write_ply
+
+    cfg = _config(args)
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must name a .png file, got {out}")
+    dataset, _, net, _, device = load_for_eval(cfg, args.checkpoint, args.split)
+    crop = cfg.dataset.get("crop_points")
+    xyz, pred, target = predict_sample(net, dataset, int(args.index), device, int(crop) if crop else None)
+    n = len(xyz)
+    colors = _class_colors(dataset, int(dataset.num_classes))
+    names = list(getattr(dataset, "class_names", []))
+    by = {"pred": lambda: color_by_labels(pred, n, colors), "gt": lambda: color_by_labels(target, n, colors),
+          "error": lambda: color_errors(pred, target, n)}
+    up = "z" if cfg.dataset.get("name") == "s3dis" else "y"
+    render_png(out, (xyz, by[args.color]()), up_axis=up, width=args.width, height=args.height,
+               point_size=args.point_size)
+    stem = out.with_suffix("")
+    write_ply(f"{stem}_pred.ply", xyz, by["pred"]())
+    write_ply(f"{stem}_gt.ply", xyz, by["gt"]())
+    write_ply(f"{stem}_error.ply", xyz, by["error"]())
+    if len(pred) == 1:
+        def label(k: int) -> str:
+            return names[k] if k < len(names) else str(k)
+
+        log.info("sample %d: predicted %s, ground truth %s", args.index, label(int(pred[0])), label(int(target[0])))
+    else:
+        log.info("sample %d: %d points, point accuracy %.2f%%", args.index, n, 100.0 * float((pred == target).mean()))
+    print(f"wrote {out} (colour by {args.color}) and {stem}_{{pred,gt,error}}.ply")
+    if args.window == "yes" or (args.window == "auto" and has_display()):
+        show_window((xyz, by[args.color]()), title=f"pointdr2: sample {args.index} ({args.color})", up_axis=up)
+    return 0

@@ -1,0 +1,161 @@
+"""Evaluation: classification OA/mAcc (with test-time voting) and segmentation mIoU/mAcc/OA.
+
+Every metric comes from one integer confusion matrix summed over processes, so a W-process
+evaluation equals a one-process evaluation exactly (:class:`~pointdr2.engine.distributed.ShardSampler`
+gives every sample to exactly one process).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from pointdr2.engine import distributed as dist_utils
+from pointdr2.engine.metrics import ConfusionMatrix
+
+__all__ = ["task_of", "forward_batch", "vote_params", "vote_logits", "evaluate", "amp_context", "is_room_dataset",
+           "default_room_predictor"]
+
+log = logging.getLogger(__name__)
+
+
+def task_of(sample: Mapping) -> str:
+    """"classification" for ``{"points", "label"}`` samples, "segmentation" for ``{"pos", "feats", "label"}``."""
+    if not isinstance(sample, Mapping):
+        raise ValueError(f"dataset samples must be dicts, got {type(sample).__name__}")
+    if "points" in sample:
+        return "classification"
+    if "pos" in sample and "feats" in sample:
+        return "segmentation"
+    raise ValueError(f"cannot tell the task from sample keys {sorted(sample)}; expected 'points' "
+                     "(classification) or 'pos' + 'feats' (segmentation)")
+
+
+def amp_context(device: torch.device, amp: str):
+    """``torch.autocast`` for amp "bf16"/"fp16", a no-op context for "none"."""
+    amp = str(amp).lower()
+    if amp in ("none", "false", "no", "fp32"):
+        return torch.autocast(device.type, enabled=False)
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs a CUDA device; use bf16 (or none) on CPU")
+        return torch.autocast("cuda", dtype=torch.float16)
+    raise ValueError(f"train.amp must be none, bf16 or fp16, got {amp!r}")
+
+
+def forward_batch(net: nn.Module, batch: Mapping, task: str, device: torch.device) -> torch.Tensor:
+    """Logits ``[B, K]`` (classification) or ``[B, K, N]`` (segmentation) for a collated batch."""
+    if task == "classification":
+        return net(batch["points"].to(device, non_blocking=True))
+    return net(batch["pos"].to(device, non_blocking=True), batch["feats"].to(device, non_blocking=True))
+
+
+def vote_params(indices, votes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample voting augmentations: ``scale, shift [votes, B, 1, 3]`` float64.
+
+    The Point-BERT/MAE voting augmentation (per-axis scale U(2/3, 3/2), shift U(-0.2, 0.2)), drawn
+    from a generator seeded by ``(seed, dataset index)`` so a sample gets the same votes whatever
+    the batch size or number of processes.
+    """
+    scale = torch.empty(votes, len(indices), 1, 3, dtype=torch.float64)
+    shift = torch.empty_like(scale)
+    for j, idx in enumerate(indices):
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(idx))
+        scale[:, j].uniform_(2.0 / 3.0, 3.0 / 2.0, generator=g)
+        shift[:, j].uniform_(-0.2, 0.2, generator=g)
+    return scale, shift
+
+
+@torch.no_grad()
+def vote_logits(net: nn.Module, points: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Mean of the logits ``[B, K]`` over the augmented copies ``points * scale[v] + shift[v]`` (xyz only).
+
+    ``points [B, N, 3+C]``; extra channels (normals, colours) are left as they are.
+    """
+    total = None
+    for v in range(scale.shape[0]):
+        aug = points.clone()
+        aug[..., :3] = points[..., :3] * scale[v].to(points) + shift[v].to(points)
+        logits = net(aug).float()
+        total = logits if total is None else total + logits
+    return total / scale.shape[0]
+
+
+def is_room_dataset(dataset: Dataset) -> bool:
+    """Whole-room segmentation test sets yield rooms with passes rather than fixed-size crops."""
+    return bool(getattr(dataset, "whole_room", False) or getattr(dataset, "is_whole_room", False))
+
+
+def default_room_predictor(max_points: int | None = None) -> Callable:
+    """Whole-room inference through ``pointdr2.models.pointnext.predict_room`` (chunks of ``max_points``)."""
+
+    def predict(net: nn.Module, room, device: torch.device) -> torch.Tensor:
+        from pointdr2.models.pointnext import predict_room
+
+        return predict_room(net, room.passes(), room.num_points, max_points=max_points, device=device)
+
+    return predict
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 32, vote: int = 1,
+             num_workers: int = 0, amp: str = "none", seed: int = 0, progress: bool = True, desc: str = "eval",
+             room_predictor: Callable | None = None, collate_fn: Callable | None = None) -> dict:
+    """Evaluate ``net`` (in eval mode) on ``dataset``; returns the metrics dict plus ``"confusion"``.
+
+    Classification: ``{"oa", "macc", "acc_per_class", "count"}``; segmentation:
+    ``{"miou", "macc", "oa", "iou_per_class", ...}``. Whole-room datasets (``is_room_dataset``) are
+    evaluated on every original point with ``room_predictor(net, room, device) -> logits [n, K]``
+    (``room.labels [n]`` the ground truth; see :func:`default_room_predictor`).
+    In a process group every rank evaluates its shard and the confusion matrices are summed.
+    """
+    num_classes = int(dataset.num_classes)
+    cm = ConfusionMatrix(num_classes)
+    was_training = net.training
+    net.eval()
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    show = progress and rank == 0
+    try:
+        if is_room_dataset(dataset):
+            room_predictor = room_predictor or default_room_predictor()
+            task = "segmentation"
+            indices = list(dist_utils.ShardSampler(len(dataset), rank, world))
+            for i in tqdm(indices, desc=desc, disable=not show, leave=False):
+                room = dataset[i]
+                with amp_context(device, amp):
+                    logits = room_predictor(net, room, device)
+                labels = room.labels if hasattr(room, "labels") else room["label"]
+                cm.update(logits.float().argmax(dim=-1).cpu(), torch.as_tensor(labels))
+        else:
+            task = task_of(dataset[0])
+            if vote > 1 and task != "classification":
+                raise ValueError("--vote applies to classification only")
+            if vote < 1:
+                raise ValueError(f"--vote must be >= 1, got {vote}")
+            mine = list(dist_utils.ShardSampler(len(dataset), rank, world))
+            chunks = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+            loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers, collate_fn=collate_fn,
+                                pin_memory=device.type == "cuda")
+            for indices, batch in tqdm(zip(chunks, loader), total=len(chunks), desc=desc, disable=not show,
+                                       leave=False):
+                with amp_context(device, amp):
+                    if vote > 1:
+                        scale, shift = vote_params(indices, vote, seed)
+                        logits = vote_logits(net, batch["points"].to(device), scale, shift)
+                    else:
+                        logits = forward_batch(net, batch, task, device)
+                cm.update(logits.float().cpu(), batch["label"], class_dim=1)
+    finally:
+        net.train(was_training)
+    cm.matrix = dist_utils.all_reduce_sum(cm.matrix)
+    metrics = cm.accuracy() if task == "classification" else cm.segmentation()
+    metrics["confusion"] = cm.matrix.tolist()
+    metrics["task"] = task
+    return metrics

@@ -1,0 +1,815 @@
+"""Finetuning loop: conventional, checkpointed or Dr2Net finetuning with exact resume and DDP.
+
+``train(cfg)`` runs one training job described by a resolved config (see ``pointdr2.config``):
+
+- model: ``build_model(cfg.model)``, ``model.pretrained`` loaded with ``load_pretrained`` before any
+  conversion; ``finetune.mode`` picks the network that is trained: ``conventional`` (the model),
+  ``dr2net`` (``to_dr2net(model, alpha0, beta0, mode=finetune.backprop)``, its coefficients moved by
+  a ``CoefficientSchedule`` every step at fractional epochs) or ``checkpoint``
+  (``to_dr2net(model, 1, 0, mode="checkpoint")``). Surrogates share the model's weights, so the
+  optimizer and the checkpoints hold the base model's parameters.
+- data: ``build_dataset(cfg.dataset, split)``; model selection on ``val`` (carved from the training
+  data, the honest protocol) unless ``train.select_on: test`` (as the papers did; logged loudly).
+- optimisation: AdamW without decay on 1-D params, biases and tokens; cosine with warm-up per
+  optimizer step; label smoothing; grad-norm clipping; gradient accumulation; AMP (bf16/fp16).
+  ``train.batch_size`` is the global batch: each of W processes runs micro-batches of
+  ``batch_size / (accumulate * W)``, so the maths does not change with W or ``accumulate``.
+- run directory (``run.dir``): ``config.yaml``, ``train.log``, ``tensorboard/``, ``last.pth`` (every
+  epoch and on interruption) and ``best.pth``, written atomically by rank 0.
+- exact resume: data order, augmentation and dropout depend on ``(train.seed, epoch, rank)`` only
+  (all RNGs are reseeded at every epoch start, DataLoader workers from ``(seed, epoch, worker)``),
+  and the checkpoint holds model, optimizer, lr schedule, grad scaler, coefficients, RNG states,
+  epoch, step and best metric. Resuming at an epoch boundary reproduces an uninterrupted run
+  bit for bit; resuming inside an epoch (after Ctrl-C) does too when ``train.num_workers == 0``.
+- bad states: NaN/inf loss stops with :class:`TrainingDiverged` (the last good ``last.pth`` is
+  kept); SIGINT/SIGTERM finish the current optimizer step, save ``last.pth`` and raise
+  :class:`TrainingInterrupted`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pointdr2.config import Config, dump_config
+from pointdr2.engine import distributed as dist_utils
+from pointdr2.engine.checkpoint import (
+    FORMAT,
+    VERSION,
+    capture_rng,
+    derive_seed,
+    is_own_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_atomic,
+    seed_everything,
+)
+from pointdr2.engine.evaluator import amp_context, default_room_predictor, evaluate, forward_batch, task_of
+from pointdr2.engine.logger import RunLogger
+from pointdr2.engine.memory import SavedTensorMeter, peak_memory_bytes, reset_peak_memory
+from pointdr2.engine.optim import CosineWarmup, build_optimizer
+
+__all__ = ["train", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "resolve_device", "build_network",
+           "build_split", "check_run_dir", "primary_metric", "load_model_weights"]
+
+log = logging.getLogger(__name__)
+
+FINETUNE_MODES = ("dr2net", "conventional", "checkpoint")
+RUN_FILES = ("config.yaml", "last.pth", "best.pth", "train.log", "metrics.json")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the run directory keeps the last good checkpoint."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM (or a planned stop) ended training after saving ``last.pth``."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    global_step: int
+    best_metric: float
+    best_epoch: int
+    last_metrics: dict = field(default_factory=dict)
+    test_metrics: dict = field(default_factory=dict)
+    stopped_early: bool = False
+    metric_name: str = "oa"
+
+
+# ----------------------------------------------------------------------------- small helpers
+def resolve_device(name: str) -> torch.device:
+    """``train.device``: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"."""
+    name = str(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name} but CUDA is not available on this machine; use train.device=cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def primary_metric(task: str) -> str:
+    return "oa" if task == "classification" else "miou"
+
+
+def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to write into an existing run directory unless resuming or forced (nothing is touched)."""
+    if resume:
+        if not (run_dir / "last.pth").is_file():
+            raise FileNotFoundError(f"cannot resume: {run_dir / 'last.pth'} not found")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run.dir {run_dir} exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
+        present = [n for n in RUN_FILES if (run_dir / n).exists()] or sorted(p.name for p in run_dir.iterdir())[:3]
+        raise ValueError(f"run directory {run_dir} already exists (holds {', '.join(present)}); "
+                         f"pass --resume {run_dir} to continue it or --force to overwrite it")
+
+
+def build_split(cfg: Config, split: str, dataset_fn: Callable, val_fraction: float):
+    """``dataset_fn(cfg.dataset, split, val_fraction=..., seed=...)``, falling back to the bare contract."""
+    try:
+        return dataset_fn(cfg.dataset, split, val_fraction=val_fraction, seed=int(cfg.train.seed))
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        return dataset_fn(cfg.dataset, split)
+
+
+def _default_model_fn(cfg_model):
+    from pointdr2.models import build_model
+
+    return build_model(cfg_model)
+
+
+def _default_dataset_fn(cfg_dataset, split, **kw):
+    from pointdr2.data import build_dataset
+
+    return build_dataset(cfg_dataset, split, **kw)
+
+
+def build_network(model: nn.Module, cfg_finetune: Mapping, alpha: float, beta: float, *, train: bool = True) -> nn.Module:
+    """The network that is trained (or evaluated): the model itself or its Dr2Net/checkpoint surrogate.
+
+    For evaluation (``train=False``) a dr2net surrogate runs in ``standard`` mode (no backward).
+    """
+    mode = cfg_finetune["mode"]
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"finetune.mode must be one of {', '.join(FINETUNE_MODES)}, got {mode!r}")
+    if mode == "conventional":
+        return model
+    from pointdr2.models import to_dr2net
+
+    recompute = bool(cfg_finetune.get("recompute_stem", True)) and train
+    if mode == "checkpoint":
+        return to_dr2net(model, 1.0, 0.0, mode="checkpoint" if train else "standard", recompute_stem=recompute)
+    backprop = str(cfg_finetune.get("backprop", "auto"))
+    if backprop not in ("auto", "reversible"):
+        raise ValueError(f"finetune.backprop must be auto or reversible, got {backprop!r}")
+    kw: dict[str, Any] = {"output": cfg_finetune.get("output", "last")}
+    if train:
+        kw.update(cache_every=cfg_finetune.get("cache_every"), tolerance=float(cfg_finetune.get("tolerance", 1e-4)),
+                  recompute_stem=recompute)
+    return to_dr2net(model, float(alpha), float(beta), mode=backprop if train else "standard", **kw)
+
+
+def _coefficient_schedule(cfg_finetune: Mapping):
+    from pointdr2.reversible import CoefficientSchedule
+
+    def pair(key):
+        value = cfg_finetune[key]
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError(f"finetune.{key} must be [start, end], got {value!r}")
+        return float(value[0]), float(value[1])
+
+    return CoefficientSchedule(alpha=pair("alpha"), beta=pair("beta"), start=float(cfg_finetune["start_epoch"]),
+                               end=float(cfg_finetune["end_epoch"]), shape=str(cfg_finetune["shape"]))
+
+
+def _stacks(net: nn.Module) -> list:
+    try:
+        from pointdr2.reversible import iter_stacks
+    except ImportError:
+        return []
+    return list(iter_stacks(net))
+
+
+def _stack_stats(net: nn.Module) -> dict:
+    """Reconstruction error, cache spacing and mode of the Dr2Stacks after the last backward."""
+    errors, spacings, modes = [], [], []
+    for stack in _stacks(net):
+        err = getattr(stack, "last_reconstruction_error", None)
+        if err is not None:
+            errors.append(float(err))
+        k = getattr(stack, "last_cache_every", None)
+        if k is not None:
+            spacings.append(int(k))
+        modes.append(str(getattr(stack, "last_mode", None) or stack.mode))
+    out: dict = {}
+    if errors:
+        out["reconstruction_error"] = max(errors)
+    if spacings:
+        out["cache_every"] = min(spacings)
+    if modes:
+        out["backprop_mode"] = ",".join(sorted(set(modes)))
+    return out
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike, *, strict_foreign: bool = True) -> dict:
+    """Load a checkpoint into the base ``model`` for evaluation; returns the checkpoint dict.
+
+    Own checkpoints load strictly (any key mismatch is an error naming the first offending key);
+    official checkpoints go through ``load_pretrained`` and must leave no key missing.
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    if is_own_checkpoint(ckpt):
+        state = ckpt.get("model")
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{path} is a pointdr2 checkpoint without model weights")
+        own = model.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {path} does not fit model.name={ckpt.get('config', {}).get('model', {}).get('name')!r}"
+                             f" vs this config's model: {len(missing)} missing keys (first: {missing[:1]}), "
+                             f"{len(unexpected)} unexpected (first: {unexpected[:1]})")
+        for key, value in state.items():
+            if tuple(own[key].shape) != tuple(value.shape):
+                raise ValueError(f"checkpoint {path}: {key} has shape {tuple(value.shape)}, the model expects "
+                                 f"{tuple(own[key].shape)} (different model size or num_classes?)")
+        model.load_state_dict(state)
+        return ckpt
+    if not any(k in ckpt for k in ("model", "base_model", "state_dict")) and not all(
+            isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise ValueError(f"{path} is not a model checkpoint (top-level keys: {', '.join(list(map(str, ckpt))[:6])})")
+    from pointdr2.models import load_pretrained
+
+    report = load_pretrained(model, path)
+    missing = list(getattr(report, "missing", []))
+    if missing and strict_foreign:
+        raise ValueError(f"checkpoint {path} leaves {len(missing)} model weights unset (first: {missing[0]}); "
+                         "a pretrain checkpoint must be finetuned before evaluation")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- signals
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag checked at optimizer-step boundaries; a second signal aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):  # noqa: ARG002 - signal handler signature
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = name
+        log.warning("%s received: finishing this step, saving last.pth and stopping (send again to abort now)", name)
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+def _seed_worker(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's worker_init_fn signature
+    # torch seeds each worker with base_seed + worker_id (base_seed from the loader's generator,
+    # itself seeded from (seed, epoch)); numpy and random follow from it.
+    import random
+
+    # Ctrl-C reaches the whole process group: workers ignore it so the main process can finish the
+    # current step and save (a worker killed mid-fetch would abort the loader instead).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    s = torch.initial_seed()
+    np.random.seed(s % (2**32))  # noqa: NPY002 - the global RNG is what datasets draw from
+    random.seed(s)
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(cfg: Config, *, resume: bool = False, force: bool = False, stop_after_epochs: int | None = None,
+          model_fn: Callable | None = None, dataset_fn: Callable | None = None) -> TrainResult:
+    """Run the training job described by ``cfg`` (see the module docstring). Returns a :class:`TrainResult`.
+
+    ``model_fn(cfg.model)`` and ``dataset_fn(cfg.dataset, split, **kw)`` default to
+    ``pointdr2.models.build_model`` and ``pointdr2.data.build_dataset``. ``stop_after_epochs``
+    ends this invocation after that many epochs (as if interrupted at the epoch boundary).
+    """
+    return _Trainer(cfg, resume=resume, force=force, stop_after_epochs=stop_after_epochs,
+                    model_fn=model_fn or _default_model_fn, dataset_fn=dataset_fn or _default_dataset_fn).run()
+
+
+class _Trainer:
+    def __init__(self, cfg: Config, *, resume: bool, force: bool, stop_after_epochs: int | None,
+                 model_fn: Callable, dataset_fn: Callable) -> None:
+        self.cfg = cfg
+        self.resume, self.force, self.stop_after_epochs = resume, force, stop_after_epochs
+        self.model_fn, self.dataset_fn = model_fn, dataset_fn
+        self.run_dir = Path(os.path.expanduser(str(cfg.run.dir)))
+        t = cfg.train
+        if cfg.finetune.mode not in FINETUNE_MODES:
+            raise ValueError(f"finetune.mode must be one of {', '.join(FINETUNE_MODES)}, got {cfg.finetune.mode!r}")
+        if t.select_on not in ("val", "test"):
+            raise ValueError(f"train.select_on must be val or test, got {t.select_on!r}")
+        for key in ("epochs", "batch_size", "accumulate"):
+            if not isinstance(t[key], int) or t[key] < 1:
+                raise ValueError(f"train.{key} must be a positive integer, got {t[key]!r}")
+        if not 0.0 <= float(t.label_smoothing) < 1.0:
+            raise ValueError(f"train.label_smoothing must lie in [0, 1), got {t.label_smoothing!r}")
+        if t.select_on == "val" and not 0.0 < float(t.val_fraction) < 1.0:
+            raise ValueError(f"train.val_fraction must lie in (0, 1) when train.select_on=val, got {t.val_fraction!r}")
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        self.device = resolve_device(t.device)
+        check_run_dir(self.run_dir, resume=self.resume, force=self.force)
+        self.dist = dist_utils.init_distributed(self.device.type)
+        self.main = self.dist.is_main
+        if self.force and not self.resume and self.main and self.run_dir.is_dir():
+            # --force starts over: stale checkpoints, metrics, log and events of the old run would mislead.
+            removed = [n for n in ("last.pth", "best.pth", "metrics.json", "train.log") if (self.run_dir / n).is_file()]
+            for name in removed:
+                (self.run_dir / name).unlink()
+            if (self.run_dir / "tensorboard").is_dir():
+                shutil.rmtree(self.run_dir / "tensorboard")
+                removed.append("tensorboard/")
+            if removed:
+                log.warning("--force: removed %s from %s", ", ".join(removed), self.run_dir)
+        dist_utils.barrier()
+        world = self.dist.world_size
+        if t.batch_size % (t.accumulate * world):
+            raise ValueError(f"train.batch_size={t.batch_size} must be divisible by train.accumulate={t.accumulate} "
+                             f"x {world} processes")
+        self.micro = t.batch_size // (t.accumulate * world)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True)
+        seed_everything(t.seed)
+
+        # Data first: a missing dataset root should fail before any model work.
+        vf = float(t.val_fraction) if t.select_on == "val" else 0.0
+        self.train_set = build_split(cfg, "train", self.dataset_fn, vf)
+        self.select_split = t.select_on
+        self.select_set = build_split(cfg, self.select_split, self.dataset_fn, vf)
+        self.task = task_of(self.train_set[0])
+        self.metric_name = primary_metric(self.task)
+        num_classes = int(self.train_set.num_classes)
+        if "num_classes" not in cfg.model:
+            cfg.model["num_classes"] = num_classes
+        elif int(cfg.model.num_classes) != num_classes:
+            raise ValueError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.dataset.get('name')!r} "
+                             f"has {num_classes} classes")
+
+        self.model = self.model_fn(cfg.model).to(self.device)
+        if self.resume:
+            self.ckpt = load_checkpoint(self.run_dir / "last.pth")
+            if not is_own_checkpoint(self.ckpt):
+                raise ValueError(f"{self.run_dir / 'last.pth'} is not a pointdr2 training checkpoint")
+            self._check_resumed_config()
+            self.model.load_state_dict(self.ckpt["model"])
+        else:
+            self.ckpt = None
+            pretrained = cfg.model.get("pretrained")
+            if pretrained:
+                from pointdr2.models import load_pretrained
+
+                path = Path(os.path.expanduser(str(pretrained)))
+                if not path.is_file():
+                    raise FileNotFoundError(f"model.pretrained: checkpoint not found: {path}")
+                report = load_pretrained(self.model, path)
+                log.info("loaded pretrained weights from %s (%d missing, %d unexpected keys)", path,
+                         len(getattr(report, "missing", [])), len(getattr(report, "unexpected", [])))
+
+        ft = cfg.finetune
+        self.schedule = _coefficient_schedule(ft) if ft.mode == "dr2net" else None
+        a0, b0 = self.schedule(0.0) if self.schedule is not None else (1.0, 0.0)
+        self.net = build_network(self.model, ft, a0, b0, train=True).to(self.device)
+        if t.get("sync_bn") and self.dist.enabled:
+            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+        self.coefficients = (float(a0), float(b0))
+
+        extra = []
+        own = {id(p) for p in self.model.parameters()}
+        for name, p in self.net.named_parameters():
+            if id(p) not in own:
+                extra.append((f"surrogate.{name}", p))
+        self.optimizer = build_optimizer(self.model, t, extra=extra)
+        self.steps_per_epoch = len(self.train_set) // t.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"train split has {len(self.train_set)} samples, fewer than train.batch_size={t.batch_size}")
+        total = self.steps_per_epoch * t.epochs
+        warm = min(int(round(float(t.warmup_epochs) * self.steps_per_epoch)), total)
+        self.lr_schedule = CosineWarmup(self.optimizer, float(t.lr), total, warm, float(t.min_lr))
+        amp = str(t.amp).lower()
+        amp_context(self.device, amp)  # validates train.amp
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+
+        self.ddp = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DDP(self.net, device_ids=ids)
+        self.train_net = self.ddp if self.ddp is not None else self.net
+
+        self.sampler = dist_utils.EpochSampler(len(self.train_set), self.micro, seed=int(t.seed),
+                                               rank=self.dist.rank, world_size=world,
+                                               batches_multiple_of=int(t.accumulate))
+        self.loader_gen = torch.Generator()
+        self.loader = DataLoader(self.train_set, batch_size=self.micro, sampler=self.sampler,
+                                 num_workers=int(t.num_workers), worker_init_fn=_seed_worker,
+                                 generator=self.loader_gen, pin_memory=self.device.type == "cuda", drop_last=True)
+
+        self.start_epoch, self.global_step, self.step_in_epoch = 0, 0, 0
+        self.best_metric, self.best_epoch, self.last_metrics = -math.inf, -1, {}
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+
+    def _check_resumed_config(self) -> None:
+        saved = self.ckpt.get("config") or {}
+        now = self.cfg.to_dict()
+        diffs = []
+
+        def walk(a, b, prefix=""):
+            for key in sorted(set(a) | set(b)):
+                path = prefix + str(key)
+                va, vb = a.get(key), b.get(key)
+                if isinstance(va, Mapping) and isinstance(vb, Mapping):
+                    walk(va, vb, path + ".")
+                elif va != vb and path != "run.dir":
+                    diffs.append(f"{path}: {va!r} -> {vb!r}")
+
+        walk(saved, now)
+        if diffs:
+            log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(diffs))
+
+    def _restore(self, ckpt: dict) -> None:
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.lr_schedule.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
+        self.best_metric = float(ckpt.get("best_metric", -math.inf))
+        self.best_epoch = int(ckpt.get("best_epoch", -1))
+        self.last_metrics = dict(ckpt.get("metrics") or {})
+        sched = ckpt.get("schedule") or {}
+        if self.schedule is not None and "alpha" in sched:
+            self._set_coefficients(float(sched["alpha"]), float(sched["beta"]))
+        self.resumed_rng = (ckpt.get("rng") or {}).get(str(self.dist.rank))
+        log.info("resumed %s at epoch %d (+%d steps), global step %d, best %s %.4f (epoch %d)",
+                 self.run_dir, self.start_epoch, self.step_in_epoch, self.global_step, self.metric_name,
+                 self.best_metric, self.best_epoch)
+
+    # -- coefficients ---------------------------------------------------------------------------
+    def _set_coefficients(self, alpha: float, beta: float) -> None:
+        from pointdr2.reversible import apply_coefficients
+
+        apply_coefficients(self.net, alpha, beta)
+        self.coefficients = (alpha, beta)
+
+    def _update_coefficients(self, epoch: int, step_in_epoch: int) -> None:
+        if self.schedule is None:
+            return
+        t = float(epoch) + (step_in_epoch / self.steps_per_epoch if self.cfg.finetune.per_step else 0.0)
+        alpha, beta = self.schedule(t)
+        if (alpha, beta) != self.coefficients:
+            self._set_coefficients(float(alpha), float(beta))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _state(self, epoch: int, step_in_epoch: int) -> dict:
+        # RNG states of every rank (rank 0 writes the file): each rank resumes its own streams.
+        rng = capture_rng()
+        if self.dist.enabled:
+            gathered = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, rng)
+            rngs = {str(r): s for r, s in enumerate(gathered)}
+        else:
+            rngs = {"0": rng}
+        alpha, beta = self.coefficients
+        return {
+            "format": FORMAT, "version": VERSION,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.lr_schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "schedule": {"alpha": alpha, "beta": beta,
+                         "t": epoch + step_in_epoch / self.steps_per_epoch},
+            "rng": rngs,
+            "epoch": epoch, "global_step": self.global_step, "step_in_epoch": step_in_epoch,
+            "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+            "metrics": _plain(self.last_metrics),
+            "finetune": {"mode": self.cfg.finetune.mode, "alpha": alpha, "beta": beta,
+                         "output": self.cfg.finetune.output},
+            "task": self.task,
+            "config": self.cfg.to_dict(),
+        }
+
+    def _save(self, name: str, epoch: int, step_in_epoch: int = 0) -> None:
+        state = self._state(epoch, step_in_epoch)
+        if self.main:
+            save_atomic(state, self.run_dir / name)
+        dist_utils.barrier()
+
+    # -- one epoch ------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int, stop: _StopFlag, logger: RunLogger) -> str | None:
+        t = self.cfg.train
+        accum = int(t.accumulate)
+        start_step = self.step_in_epoch
+        if start_step and getattr(self, "resumed_rng", None) is not None:
+            restore_rng(self.resumed_rng)  # continue the interrupted epoch's random streams
+        else:
+            seed_everything(derive_seed(t.seed, epoch, self.dist.rank))
+        self.resumed_rng = None
+        self.sampler.set_epoch(epoch, start_batch=start_step * accum)
+        _rewind_dataset(self.train_set, epoch, start_step * accum * self.micro)
+        self.loader_gen.manual_seed(derive_seed(t.seed, epoch, self.dist.rank, 1))
+        self.train_net.train()
+
+        smoothing = float(t.label_smoothing)
+        clip = float(t.grad_clip)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.int64)
+        seen = torch.zeros((), dtype=torch.int64)
+        batches = torch.zeros((), dtype=torch.int64)
+        samples_since, t_since = 0, time.perf_counter()
+        reset_peak_memory(self.device)
+        show = self.main and bool(self.cfg.run.progress)
+        bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{t.epochs}",
+                   disable=not show, leave=False, dynamic_ncols=True)
+        step = start_step
+        micro_i = 0
+        act_bytes = None
+        self._update_coefficients(epoch, step)
+        try:
+            for batch in self.loader:
+                last_micro = micro_i == accum - 1
+                measure = act_bytes is None and micro_i == 0
+                sync = self.ddp.no_sync() if (self.ddp is not None and not last_micro) else contextlib.nullcontext()
+                meter = SavedTensorMeter(self.model) if measure else contextlib.nullcontext()
+                with sync:
+                    with meter, amp_context(self.device, self.amp):
+                        logits = forward_batch(self.train_net, batch, self.task, self.device)
+                        target = batch["label"].to(self.device, non_blocking=True)
+                        loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+                    if measure:
+                        act_bytes = meter.bytes
+                    scaled = loss / accum
+                    if self.scaler is not None:
+                        scaled = self.scaler.scale(scaled)
+                    scaled.backward()
+                with torch.no_grad():
+                    loss_sum += loss.detach().double().cpu()
+                    batches += 1
+                    correct += (logits.detach().argmax(dim=1) == target).sum().cpu()
+                    seen += target.numel()  # samples (classification) or points (segmentation)
+                micro_i += 1
+                if not last_micro:
+                    continue
+                micro_i = 0
+
+                # One optimizer step. Flags agree across ranks so every process stops together.
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)
+                gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+                flags = torch.tensor([float(not torch.isfinite(loss.detach()).item()),
+                                      float(stop.requested is not None)])
+                flags = dist_utils.all_reduce_sum(flags)
+                diverged = flags[0] > 0 or (self.scaler is None and not torch.isfinite(gnorm).item())
+                if diverged:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    coeffs = (f", alpha/beta {self.coefficients[0]:.3g}/{self.coefficients[1]:.3g}"
+                              if self.schedule is not None else "")
+                    kept = (f"the last good checkpoint {self.run_dir / 'last.pth'} (epoch {epoch}) is kept"
+                            if (self.run_dir / "last.pth").is_file() else "no checkpoint had been written yet")
+                    raise TrainingDiverged(
+                        f"loss became {float(loss.detach()):.4g} at epoch {epoch + 1} step {step + 1} (grad norm "
+                        f"{float(gnorm):.4g}, lr {self.lr_schedule.get_last_lr():.3g}{coeffs}); training stopped and "
+                        f"{kept}; try a lower train.lr, train.amp=none or finetune.backprop=auto")
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.lr_schedule.step()
+                self.global_step += 1
+                step += 1
+                samples_since += t.batch_size
+                bar.update(1)
+
+                if self.global_step % max(int(self.cfg.run.log_every), 1) == 0 or step == self.steps_per_epoch:
+                    elapsed = max(time.perf_counter() - t_since, 1e-9)
+                    stats = {"loss": float(loss.detach()), "lr": self.optimizer.param_groups[0]["lr"],
+                             "grad_norm": float(gnorm), "samples_per_s": samples_since / elapsed,
+                             "peak_memory_bytes": peak_memory_bytes(self.device)}
+                    if act_bytes is not None:
+                        stats["activation_bytes"] = act_bytes
+                    stats.update(_stack_stats(self.net))
+                    if self.schedule is not None:
+                        stats["alpha"], stats["beta"] = self.coefficients
+                    self._log_step(logger, stats)
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}")
+                    samples_since, t_since = 0, time.perf_counter()
+
+                if flags[1] > 0 and step < self.steps_per_epoch:
+                    self.step_in_epoch = step
+                    return "signal"
+                self._update_coefficients(epoch, step)
+        finally:
+            bar.close()
+        self.step_in_epoch = 0
+        totals = dist_utils.all_reduce_sum(torch.stack([loss_sum, correct.double(), seen.double(), batches.double()]))
+        self.epoch_train = {"loss": float(totals[0] / max(totals[3], 1)),
+                            "acc": float(100.0 * totals[1] / max(totals[2], 1)),
+                            "activation_bytes": act_bytes}
+        return "signal" if stop.requested is not None else None
+
+    def _log_step(self, logger: RunLogger, stats: dict) -> None:
+        step = self.global_step
+        logger.scalar("train/loss", stats["loss"], step)
+        logger.scalar("train/lr", stats["lr"], step)
+        logger.scalar("train/grad_norm", stats["grad_norm"], step)
+        logger.scalar("speed/samples_per_s", stats["samples_per_s"], step)
+        logger.scalar("memory/peak_bytes", stats["peak_memory_bytes"], step)
+        logger.scalar("memory/activation_bytes", stats.get("activation_bytes"), step)
+        for key in ("alpha", "beta", "reconstruction_error", "cache_every"):
+            logger.scalar(f"dr2net/{key}", stats.get(key), step)
+        if "backprop_mode" in stats:
+            # TensorBoard scalars are numbers: 1 = fully reversible, 0 = anything else (auto/checkpoint).
+            logger.scalar("dr2net/reversible", float(stats["backprop_mode"] == "reversible"), step)
+        extras = " ".join(f"{k}={_fmt(stats[k])}" for k in ("alpha", "beta", "reconstruction_error", "cache_every",
+                                                            "backprop_mode", "activation_bytes") if k in stats)
+        log.info("step %d loss %.4f lr %.3g grad_norm %.3g %.1f samples/s %s", step, stats["loss"], stats["lr"],
+                 stats["grad_norm"], stats["samples_per_s"], extras)
+
+    def _evaluate(self, dataset, desc: str) -> dict:
+        t = self.cfg.train
+        return evaluate(self.net, dataset, device=self.device, batch_size=int(self.cfg.eval.batch_size),
+                        num_workers=int(t.num_workers), amp=self.amp, seed=int(t.seed),
+                        progress=bool(self.cfg.run.progress), desc=desc,
+                        room_predictor=_room_predictor(self.cfg))
+
+    # -- main -----------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self._setup()
+        cfg, t = self.cfg, self.cfg.train
+        logger = RunLogger(self.run_dir, enabled=self.main, tensorboard=bool(cfg.run.tensorboard))
+        stopped = False
+        try:
+            if self.main:
+                dump_config(cfg, self.run_dir / "config.yaml")
+            self._announce()
+            epochs_run = 0
+            with _StopFlag() as stop:
+                for epoch in range(self.start_epoch, int(t.epochs)):
+                    t0 = time.perf_counter()
+                    reason = self._train_epoch(epoch, stop, logger)
+                    if reason == "signal" and self.step_in_epoch:
+                        self._save("last.pth", epoch, self.step_in_epoch)
+                        raise TrainingInterrupted(f"interrupted by {stop.requested} in epoch {epoch + 1}; state saved to "
+                                                  f"{self.run_dir / 'last.pth'}; continue with --resume {self.run_dir}")
+                    self._end_epoch(epoch, time.perf_counter() - t0, logger)
+                    epochs_run += 1
+                    if reason == "signal":
+                        raise TrainingInterrupted(f"interrupted by {stop.requested} after epoch {epoch + 1}; state saved "
+                                                  f"to {self.run_dir / 'last.pth'}; continue with --resume {self.run_dir}")
+                    if self.stop_after_epochs is not None and epochs_run >= self.stop_after_epochs \
+                            and epoch + 1 < int(t.epochs):
+                        log.info("stopping after %d epoch(s) as asked; continue with --resume %s", epochs_run,
+                                 self.run_dir)
+                        stopped = True
+                        break
+            test_metrics = {} if stopped else self._final_test(logger)
+            epochs_done = self.start_epoch + epochs_run
+            return TrainResult(self.run_dir, epochs_done, self.global_step, self.best_metric, self.best_epoch,
+                               self.last_metrics, test_metrics, stopped, self.metric_name)
+        finally:
+            logger.close()
+
+    def _announce(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("run %s: %s on %s (%d process%s), task %s, model %s (%.2fM params), finetune.mode %s",
+                 self.run_dir, "resuming" if self.resume else "training", self.device, self.dist.world_size,
+                 "es" if self.dist.world_size > 1 else "", self.task, cfg.model.get("name"), n_params / 1e6,
+                 cfg.finetune.mode)
+        log.info("data: %d train / %d %s samples; global batch %d = %d x %d accumulation x %d processes; "
+                 "%d steps per epoch", len(self.train_set), len(self.select_set), self.select_split, t.batch_size,
+                 self.micro, t.accumulate, self.dist.world_size, self.steps_per_epoch)
+        if self.select_split == "test":
+            log.warning("MODEL SELECTION ON THE TEST SET (train.select_on=test), as the Point-BERT/Point-MAE papers "
+                        "did: best.pth and its accuracy are chosen on test data and are optimistically biased")
+        else:
+            log.info("model selection on a validation split carved from the training data (%.0f%%); the test "
+                     "set is evaluated once, with best.pth, at the end", 100 * float(t.val_fraction))
+
+    def _end_epoch(self, epoch: int, seconds: float, logger: RunLogger) -> None:
+        t = self.cfg.train
+        logger.scalar("train/epoch_loss", self.epoch_train["loss"], epoch + 1)
+        logger.scalar("train/acc", self.epoch_train["acc"], epoch + 1)
+        logger.scalar("speed/epoch_seconds", seconds, epoch + 1)
+        metrics = None
+        if (epoch + 1) % max(int(t.val_every), 1) == 0 or epoch + 1 == int(t.epochs):
+            metrics = self._evaluate(self.select_set, f"{self.select_split} {epoch + 1}")
+            metrics.pop("confusion", None)
+            self.last_metrics = metrics
+            for key in ("oa", "macc", "miou"):
+                if key in metrics:
+                    logger.scalar(f"{self.select_split}/{key}", metrics[key], epoch + 1)
+            value = float(metrics[self.metric_name])
+            improved = value > self.best_metric
+            if improved:
+                self.best_metric, self.best_epoch = value, epoch + 1
+            log.info("epoch %d/%d: train loss %.4f acc %.2f | %s %s %.2f macc %.2f | best %.2f (epoch %d) | %.1f s",
+                     epoch + 1, t.epochs, self.epoch_train["loss"], self.epoch_train["acc"], self.select_split,
+                     self.metric_name, value, metrics["macc"], self.best_metric, self.best_epoch, seconds)
+            if improved:
+                self._save("best.pth", epoch + 1)
+        else:
+            log.info("epoch %d/%d: train loss %.4f acc %.2f | %.1f s", epoch + 1, t.epochs, self.epoch_train["loss"],
+                     self.epoch_train["acc"], seconds)
+        self._save("last.pth", epoch + 1)
+        logger.flush()
+
+    def _final_test(self, logger: RunLogger) -> dict:
+        """With val selection: evaluate best.pth once on the test split; write metrics.json."""
+        result: dict = {"best_epoch": self.best_epoch, f"best_{self.select_split}_{self.metric_name}": self.best_metric,
+                        "select_on": self.select_split, "last_" + self.select_split: _plain(self.last_metrics)}
+        if self.select_split == "val" and self.cfg.train.get("test_at_end", True) and self.best_epoch > 0:
+            best = load_checkpoint(self.run_dir / "best.pth")
+            current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(best["model"])
+            if self.schedule is not None:
+                saved = self.coefficients
+                self._set_coefficients(best["finetune"]["alpha"], best["finetune"]["beta"])
+            test_set = build_split(self.cfg, "test", self.dataset_fn, float(self.cfg.train.val_fraction))
+            test = self._evaluate(test_set, "test")
+            test.pop("confusion", None)
+            self.model.load_state_dict(current)
+            if self.schedule is not None:
+                self._set_coefficients(*saved)
+            log.info("test with best.pth (epoch %d, selected on val): %s", self.best_epoch,
+                     " ".join(f"{k} {test[k]:.2f}" for k in ("oa", "macc", "miou") if k in test))
+            for key in ("oa", "macc", "miou"):
+                if key in test:
+                    logger.scalar(f"test/{key}", test[key], self.best_epoch)
+            result["test"] = _plain(test)
+        if self.main:
+            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
+        return result.get("test", {})
+
+
+def _rewind_dataset(dataset, epoch: int, fetched: int) -> None:
+    """Make a dataset's own augmentation state depend on the epoch only (exact resume).
+
+    Datasets may expose ``set_epoch(epoch)``. pointdr2's loaders draw augmentations from
+    ``(torch.initial_seed(), items fetched so far, index)``; the trainer reseeds torch every epoch,
+    so the fetch counter is rewound to what an uninterrupted run would have fetched in this epoch.
+    """
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    elif hasattr(dataset, "_calls"):
+        dataset._calls = int(fetched)
+
+
+def _room_predictor(cfg: Config):
+    crop = cfg.dataset.get("crop_points")
+    return default_room_predictor(int(crop) if crop else None)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _plain(obj):
+    """Numbers, strings, lists and dicts only (checkpoints load with weights_only=True)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
