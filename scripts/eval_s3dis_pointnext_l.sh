@@ -1,13 +1,3 @@
 #!/usr/bin/env bash
-# Evaluate a pointnext-l checkpoint on the s3dis test split (configs/s3dis/pointnext-l.yaml).
-#   bash scripts/eval_s3dis_pointnext_l.sh [CHECKPOINT] [--vote N] [--json] [key=value ...]
-# CHECKPOINT defaults to runs/s3dis/pointnext-l/best.pth.
-set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-CKPT=runs/s3dis/pointnext-l/best.pth
-if [ $# -gt 0 ] && [ "${1#-}" = "$1" ] && [ "${1#*=}" = "$1" ]; then
-    CKPT=$1
-    shift
-fi
-exec python -m pointdr2 eval configs/s3dis/pointnext-l.yaml --checkpoint "$CKPT" "$@"
+# Evaluate pointnext-l on s3dis (configs/s3dis/pointnext-l.yaml); options as scripts/eval.sh.
+exec bash "$(dirname "$0")/eval.sh" configs/s3dis/pointnext-l.yaml "$@"

@@ -1,12 +1,3 @@
 #!/usr/bin/env bash
-# Finetune pointbert on scanobjectnn (configs/scanobjectnn/pointbert.yaml); the run directory defaults to runs/scanobjectnn/pointbert.
-#   bash scripts/train_scanobjectnn_pointbert.sh [key=value ...] [--resume RUN_DIR] [--force]
-# e.g. model.pretrained=ckpts/pretrain.pth dataset.root=data/... finetune.mode=conventional
-# NPROC=N runs N processes with torchrun (scripts/dist_train.sh).
-set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-if [ "${NPROC:-1}" -gt 1 ]; then
-    exec bash scripts/dist_train.sh "$NPROC" configs/scanobjectnn/pointbert.yaml run.dir=runs/scanobjectnn/pointbert "$@"
-fi
-exec python -m pointdr2 train configs/scanobjectnn/pointbert.yaml run.dir=runs/scanobjectnn/pointbert "$@"
+# Train pointbert on scanobjectnn (configs/scanobjectnn/pointbert.yaml); options as scripts/train.sh.
+exec bash "$(dirname "$0")/train.sh" configs/scanobjectnn/pointbert.yaml "$@"

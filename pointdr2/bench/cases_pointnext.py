@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pointdr2.models import build_model, to_dr2net
+from pointdr2.bench.memory import model_for_mode
+from pointdr2.models import build_model
 
 MODELS = ("pointnext-b", "pointnext-l", "pointnext-xl")
 NUM_CLASSES = 13
@@ -58,17 +59,7 @@ def build_case(model: str, mode: str, depth: int | None, batch: int, points: int
             raise ValueError(f"cases_pointnext: depth must be >= 0 InvResMLP blocks per stage, got {depth}")
         cfg["blocks"] = [1] + [depth + 1] * 4
     net = build_model(cfg)
-    if mode == "conventional":
-        module = net
-    elif mode == "checkpoint":
-        module = to_dr2net(net, 1.0, 0.0, mode="checkpoint", recompute_stem=True)
-    elif mode == "dr2net":
-        module = to_dr2net(net, alpha, beta, mode="reversible", recompute_stem=True)
-    elif mode == "dr2net-auto":
-        module = to_dr2net(net, alpha, beta, mode="auto", recompute_stem=True)
-    else:
-        raise ValueError(f"cases_pointnext: unknown mode {mode!r}; expected conventional, checkpoint, dr2net, "
-                         f"dr2net-auto")
+    module = model_for_mode(net, mode, alpha, beta, "cases_pointnext")
     module = module.to(device).train()
     g = torch.Generator().manual_seed(0)
     pos, feats = synthetic_crop(batch, points, g)

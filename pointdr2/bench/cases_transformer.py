@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pointdr2.models import build_model, to_dr2net
+from pointdr2.bench.memory import model_for_mode
+from pointdr2.models import build_model
 
 MODELS = ("pointmae", "pointbert")
 NUM_CLASSES = 40
@@ -57,17 +58,7 @@ def build_case(model: str, mode: str, depth: int | None, batch: int, points: int
         # the recipes scale groups with points (1024 -> 64 x 32, 2048 -> 128 x 32)
         cfg.update(num_group=64 * max(1, math.ceil(points / 1024)), group_size=32)
     net = build_model(cfg)
-    if mode == "conventional":
-        module = net
-    elif mode == "checkpoint":
-        module = to_dr2net(net, 1.0, 0.0, mode="checkpoint", recompute_stem=True)
-    elif mode == "dr2net":
-        module = to_dr2net(net, alpha, beta, mode="reversible", recompute_stem=True)
-    elif mode == "dr2net-auto":
-        module = to_dr2net(net, alpha, beta, mode="auto", recompute_stem=True)
-    else:
-        raise ValueError(f"cases_transformer: unknown mode {mode!r}; expected conventional, checkpoint, dr2net, "
-                         "dr2net-auto")
+    module = model_for_mode(net, mode, alpha, beta, "cases_transformer")
     module = module.to(device).train()
     g = torch.Generator().manual_seed(0)
     pts = synthetic_clouds(batch, points, g)

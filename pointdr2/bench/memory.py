@@ -69,6 +69,21 @@ CASE_MODULES = {
     "pointnext-xl": "pointdr2.bench.cases_pointnext",
 }
 MODES = ("conventional", "checkpoint", "dr2net", "dr2net-auto")
+def model_for_mode(net, mode: str, alpha: float, beta: float, case: str):
+    """The module a model case measures in ``mode`` (see the case interface above)."""
+    from pointdr2.models import to_dr2net
+
+    if mode == "conventional":
+        return net
+    if mode == "checkpoint":
+        return to_dr2net(net, 1.0, 0.0, mode="checkpoint", recompute_stem=True)
+    if mode in ("dr2net", "dr2net-auto"):
+        backprop = "reversible" if mode == "dr2net" else "auto"
+        return to_dr2net(net, alpha, beta, mode=backprop, recompute_stem=True)
+    raise ValueError(f"{case}: unknown mode {mode!r}; expected {', '.join(MODES)}")
+
+
+
 # points of the default schedule (CoefficientSchedule() at epochs 0, 10, 20)
 SCHEDULE_POINTS = {"start": (1.0, 0.1), "middle": (0.5, 0.55), "end": (0.0, 1.0)}
 
