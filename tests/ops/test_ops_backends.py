@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 import types
 
@@ -122,11 +124,8 @@ def test_cpp_build_is_cached(backend):
 
 
 # ----------------------------------------------------------------------------- triton (interpreter)
-@pytest.mark.skipif(triton_backend._installed() is False, reason="triton not installed")
-def test_triton_kernels_match_torch_in_interpreter(monkeypatch):
-    # TRITON_INTERPRET is read when a kernel is decorated; the backend builds its kernels lazily
-    # per mode, so setting the variable here makes them run on CPU tensors through the interpreter.
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def triton_interpreter_check() -> None:
+    """Triton kernels against torch, run by the interpreter on CPU tensors (TRITON_INTERPRET=1)."""
     assert triton_backend.is_available() and "triton" in ops.available_backends()
     xyz = random_cloud(2, 21, seed=3, duplicates=4)  # tiny: the interpreter runs every program in numpy
     xyz[1, 10:13] = torch.tensor([[0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]])  # on the r=0.5 sphere of the origin
@@ -140,6 +139,18 @@ def test_triton_kernels_match_torch_in_interpreter(monkeypatch):
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
     half = xyz.to(torch.bfloat16)
     assert torch.equal(triton_backend.furthest_point_sample(half, 5), torch_backend.furthest_point_sample(half, 5))
+
+
+@pytest.mark.skipif(triton_backend._installed() is False, reason="triton not installed")
+def test_triton_kernels_match_torch_in_interpreter():
+    # Triton reads TRITON_INTERPRET when its language functions are first set up, so a process that
+    # imported triton before (pointdr2 info does, to print its version) cannot switch to the
+    # interpreter: the check runs in a fresh process with the variable set from the start.
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = f"import sys; sys.path.insert(0, {here!r}); import test_ops_backends as t; t.triton_interpreter_check()"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- pointnet2_ops adapter
