@@ -197,8 +197,8 @@ class PointTransformer(nn.Module):
         """Map an official Point-BERT / Point-MAE (pretrain or finetuned) state dict to our keys.
 
         ``module.`` prefixes are already stripped by the caller. Returns (state dict, keys of this
-        model that are expected to be missing): the head for pretrain checkpoints, plus cls token and
-        cls pos for Point-MAE pretraining (its encoder has none).
+        model that are expected to be missing): the head for pretrain checkpoints and for encoder-only
+        state dicts, plus cls token and cls pos for Point-MAE pretraining (its encoder has none).
         """
         keys = list(state_dict)
         head = [k for k in self.state_dict() if k.startswith("cls_head_finetune.")]
@@ -216,7 +216,9 @@ class PointTransformer(nn.Module):
             log.debug("Point-MAE pretrain checkpoint: kept %d of %d tensors", len(out), len(keys))
             return out, head + ["cls_token", "cls_pos"]
         out = {(k[len("base_model."):] if k.startswith("base_model.") else k): v for k, v in state_dict.items()}
-        return out, []
+        # An encoder without any head (exported to finetune on another label set) expects a new head.
+        has_head = any(k.startswith("cls_head_finetune.") for k in out)
+        return out, [] if has_head else head
 
     def dr2net_surrogate(self, alpha: float = 1.0, beta: float = 0.1, mode: str = "reversible",
                          **kw: Any) -> PointTransformerDr2:

@@ -130,6 +130,23 @@ def test_finetuned_checkpoints(models, tmp_path, name, key, prefix):
     assert report.missing == [] and report.unexpected == [] and report.expected_missing == []
 
 
+def test_encoder_only_checkpoint_expects_a_new_head(models, tmp_path):
+    # An encoder exported without its head (to finetune on another label set): the head is expected
+    # missing; a checkpoint that carries part of a head is not.
+    model = models["pointmae"]
+    head = sorted(k for k in model.state_dict()
+                  if k.startswith("cls_head_finetune.") and not k.endswith("num_batches_tracked"))
+    encoder = _tensors(official_encoder_shapes(384, False), 3)
+    torch.save({"base_model": encoder}, tmp_path / "enc.pth")
+    report = load_pretrained(model, tmp_path / "enc.pth")
+    _assert_landed(model, encoder)
+    assert sorted(report.missing) == head and report.unexpected_missing == []
+    partial = {**encoder, **{k: v for k, v in _tensors(head_shapes(False, 40), 4).items() if ".8." not in k}}
+    torch.save({"base_model": partial}, tmp_path / "partial.pth")
+    report = load_pretrained(model, tmp_path / "partial.pth")
+    assert sorted(report.unexpected_missing) == ["cls_head_finetune.8.bias", "cls_head_finetune.8.weight"]
+
+
 def test_own_checkpoint_roundtrip(tmp_path):
     cfg = {"name": "pointmae", "trans_dim": 24, "depth": 1, "num_heads": 3, "encoder_dims": 24,
            "num_group": 4, "group_size": 4, "num_classes": 3}
