@@ -8,5 +8,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "ops": ("pointdr2.bench.ops", "grouping ops: every backend against the compiled anchor"),
     "precision": ("pointdr2.bench.precision", "reversible vs standard gradient error over (alpha, beta)"),
     "memory": ("pointdr2.bench.memory", "activation bytes, peak memory and step time per finetuning mode"),
+    # API.md lists "speed": step time is measured by the memory harness, in the same run as the bytes.
+    "speed": ("pointdr2.bench.memory", "step time per finetuning mode (the memory harness: time, bytes, peak)"),
     "data": ("pointdr2.data.bench", "dataset loader samples/s with DataLoader workers; synthetic prepare times"),
 }
