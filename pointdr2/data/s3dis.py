@@ -114,6 +114,15 @@ def assemble(sample: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _select_rooms(root: str | Path, split: str, test_area: int, val_fraction: float,
                   seed: int) -> list[tuple[str, Path]]:
+    """The (name, path) rooms of ``split``, each file's header checked (a bad file fails at construction)."""
+    chosen = _choose_rooms(root, split, test_area, val_fraction, seed)
+    for _, path in chosen:
+        _check_header(path)
+    return chosen
+
+
+def _choose_rooms(root: str | Path, split: str, test_area: int, val_fraction: float,
+                  seed: int) -> list[tuple[str, Path]]:
     rooms = find_rooms(root)
     areas = sorted({a for a, _ in rooms.values()})
     if split == "test":
@@ -152,8 +161,6 @@ class S3DIS(Dataset):
         self.crop_points = None if crop_points is None else int(crop_points)
         self.loop = int(loop)
         self.rooms = _select_rooms(root, split, self.test_area, val_fraction, seed)
-        for _, path in self.rooms:
-            _check_header(path)
         self.class_names, self.num_classes, self.colors = S3DIS_CLASSES, len(S3DIS_CLASSES), S3DIS_COLORS
         self.transform = build_transforms(default_transforms("s3dis", split) if transforms is None else transforms)
         self._calls = 0
@@ -263,8 +270,6 @@ class S3DISWholeRoom(Dataset):
         self.voxel_size = None if voxel_size is None else float(voxel_size)
         self.seed = int(seed)
         self.rooms = _select_rooms(root, split, self.test_area, val_fraction, seed)
-        for _, path in self.rooms:
-            _check_header(path)
         self.class_names, self.num_classes, self.colors = S3DIS_CLASSES, len(S3DIS_CLASSES), S3DIS_COLORS
         self.transform = build_transforms(default_transforms("s3dis", split) if transforms is None else transforms)
         log.info("S3DIS %s: %d whole rooms", split, len(self.rooms))
