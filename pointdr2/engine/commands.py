@@ -29,6 +29,17 @@ def _config(args: argparse.Namespace, extra: list[str] | tuple = ()) -> Config:
     return load_config(path, list(args.overrides or []) + list(extra))
 
 
+def stopped_training_exit(exc: BaseException, command: str) -> int:
+    """One stderr line and the exit status for a run that stopped early: 3 diverged, 130 interrupted."""
+    from pointdr2.engine.trainer import TrainingDiverged
+
+    if isinstance(exc, TrainingDiverged):
+        print(f"pointdr2 {command}: error: {exc}", file=sys.stderr)
+        return 3
+    print(f"pointdr2 {command}: {exc}", file=sys.stderr)
+    return 130
+
+
 # ----------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     from pointdr2.engine.distributed import cleanup
@@ -50,12 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
     try:
         result = train(cfg, resume=bool(args.resume), force=bool(args.force), stop_after_epochs=args.stop_after_epochs)
-    except TrainingDiverged as exc:
-        print(f"pointdr2 train: error: {exc}", file=sys.stderr)
-        return 3
-    except TrainingInterrupted as exc:
-        print(f"pointdr2 train: {exc}", file=sys.stderr)
-        return 130
+    except (TrainingDiverged, TrainingInterrupted) as exc:
+        return stopped_training_exit(exc, "train")
     finally:
         cleanup()
     if result.stopped_early:

@@ -146,18 +146,13 @@ def _table(rows: list[tuple[str, list[str]]], header: list[str]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import sys
-
+    from pointdr2.engine.commands import stopped_training_exit
     from pointdr2.engine.trainer import TrainingDiverged, TrainingInterrupted
 
     try:
         return _run_demo(args)
-    except TrainingInterrupted as exc:
-        print(f"pointdr2 demo: {exc}", file=sys.stderr)
-        return 130
-    except TrainingDiverged as exc:
-        print(f"pointdr2 demo: error: {exc}", file=sys.stderr)
-        return 3
+    except (TrainingDiverged, TrainingInterrupted) as exc:
+        return stopped_training_exit(exc, "demo")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
