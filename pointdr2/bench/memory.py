@@ -75,6 +75,7 @@ CASE_MODULES = {
     "pointnext-xl": "pointdr2.bench.cases_pointnext",
 }
 MODES = ("conventional", "checkpoint", "dr2net", "dr2net-auto")
+MEASURES = ("saved", "peak", "time")
 def model_for_mode(net, mode: str, alpha: float, beta: float, case: str):
     """The module a model case measures in ``mode`` (see the case interface above)."""
     from pointdr2.models import to_dr2net
@@ -108,6 +109,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--auto-depth", type=int, default=None, help="depth of the auto rows (stack default 12)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per configuration (median reported)")
+    p.add_argument("--measure", default="saved,peak,time",
+                   help="comma list of saved|peak|time (saved alone runs one forward per configuration: "
+                        "large crops in minutes)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads in each worker")
     p.add_argument("--quick", action="store_true", help="CI smoke run: tiny sizes, 2 steps")
@@ -145,12 +149,16 @@ def _configs(args: argparse.Namespace) -> list[dict[str, Any]]:
     for a in auto:
         if a not in SCHEDULE_POINTS:
             raise ValueError(f"--auto: unknown schedule point {a!r}; expected some of {', '.join(SCHEDULE_POINTS)}")
+    measure = _csv(args.measure, "measure")
+    unknown = sorted(set(measure) - set(MEASURES))
+    if unknown:
+        raise ValueError(f"--measure: unknown {', '.join(unknown)}; expected some of {', '.join(MEASURES)}")
     if batch < 1 or points < 1 or steps < 1:
         raise ValueError(f"--batch, --points and --steps must be >= 1, got {batch}, {points}, {steps}")
     if any(d is not None and d < 1 for d in depths):
         raise ValueError(f"--depths must be >= 1, got {depths}")
     base = {"model": args.model, "batch": batch, "points": points, "steps": steps, "device": args.device,
-            "threads": args.threads}
+            "threads": args.threads, "measure": measure}
     rows = []
     for d in depths:
         for m in modes:
@@ -248,8 +256,10 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         opt.step()
         return float(loss.detach())
 
-    step()  # warm-up: grads and optimizer state now exist
-    sync()
+    measure = set(cfg.get("measure") or MEASURES)
+    if measure != {"saved"} or cfg["mode"] == "dr2net-auto":
+        step()  # warm-up: grads and optimizer state now exist (and auto mode's guard has measured once)
+        sync()
     stacks = list(iter_stacks(module))
 
     # 1) bytes saved for backward during one forward
@@ -270,16 +280,20 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     # what this forward ran (auto mode may change its spacing after each backward)
     first = stacks[0] if stacks else None
     ran = (getattr(first, "last_cache_every", None), getattr(first, "last_mode", None))
-    loss.backward()
+    if measure != {"saved"}:
+        loss.backward()
+        opt.zero_grad(set_to_none=False)
     del loss
-    opt.zero_grad(set_to_none=False)
     saved = sum(seen.values())
     rec_error = getattr(first, "last_reconstruction_error", None)
     gc.collect()
     sync()
 
     # 2) peak memory of one step above the baseline before it
-    if cuda:
+    peak = None
+    if "peak" not in measure:
+        pass
+    elif cuda:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         step()
@@ -292,11 +306,11 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         peak = max(0, meter.peak_kb - base_kb) * 1024
 
     # 3) step time with the allocator caching freed blocks again (one untimed step fills its cache)
-    if not cuda:
+    if not cuda and "time" in measure:
         _cache_freed_blocks()
         step()
     times = []
-    for _ in range(cfg["steps"]):
+    for _ in range(cfg["steps"] if "time" in measure else 0):
         sync()
         t0 = time.perf_counter()
         step()
@@ -308,7 +322,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "device": str(device),
         "saved_bytes": saved,
         "peak_bytes": peak,
-        "step_s": statistics.median(times),
+        "step_s": statistics.median(times) if times else None,
         "cache_every": ran[0],
         "ran": ran[1],
         "rec_error": rec_error,
@@ -332,6 +346,10 @@ def _run_one(cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {**cfg, "error": tail}
     return json.loads(lines[-1])
+
+
+def _fmt(value: float | None, scale: float, spec: str) -> str:
+    return "-" if value is None else format(value * scale, spec)
 
 
 def _fmt_ratio(num: float | None, den: float | None) -> str:
@@ -360,9 +378,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['label']:<13} {str(r['depth']):>5} {r['alpha']:>5.2f} {r['beta']:>5.2f} "
             f"{str(r.get('cache_every') or '-'):>3} {r['saved_bytes'] / 2**20:>10.2f} "
             f"{_fmt_ratio(r['saved_bytes'], conv.get('saved_bytes')):>6} "
-            f"{_fmt_ratio(r['saved_bytes'], ckpt.get('saved_bytes')):>6} {r['peak_bytes'] / 2**20:>9.1f} "
+            f"{_fmt_ratio(r['saved_bytes'], ckpt.get('saved_bytes')):>6} {_fmt(r['peak_bytes'], 2**-20, '.1f'):>9} "
             f"{_fmt_ratio(r['peak_bytes'], conv.get('peak_bytes')):>6} "
-            f"{_fmt_ratio(r['peak_bytes'], ckpt.get('peak_bytes')):>6} {1e3 * r['step_s']:>8.1f} "
+            f"{_fmt_ratio(r['peak_bytes'], ckpt.get('peak_bytes')):>6} {_fmt(r['step_s'], 1e3, '.1f'):>8} "
             f"{_fmt_ratio(r['step_s'], conv.get('step_s')):>6} {_fmt_ratio(r['step_s'], ckpt.get('step_s')):>6} "
             f"{'-' if err is None else f'{err:.1e}':>8}"
         )

@@ -76,6 +76,18 @@ def test_memory_worker_measures_less_saved_memory_for_dr2net():
     assert "dr2net" in table and "/ckpt" in table
 
 
+def test_memory_worker_saved_only_measures_the_same_bytes_without_stepping():
+    base = {"model": "stack", "batch": 2, "points": 5, "steps": 1, "device": "cpu", "threads": 1, "depth": 2,
+            "alpha": 0.0, "beta": 1.0, "mode": "checkpoint", "label": "checkpoint"}
+    full = memory._worker(base)
+    only = memory._worker({**base, "measure": ["saved"]})
+    assert only["saved_bytes"] == full["saved_bytes"] > 0
+    assert only["peak_bytes"] is None and only["step_s"] is None
+    assert "-" in memory.format_table([only]).splitlines()[-1]
+    with pytest.raises(ValueError, match="measure"):
+        memory._configs(parse(memory, ["--measure", "saved,speed"]))
+
+
 def test_memory_worker_runs_in_a_fresh_process():
     cfg = {"model": "stack", "batch": 1, "points": 3, "steps": 1, "device": "cpu", "threads": 1, "depth": 1,
            "alpha": 1.0, "beta": 0.1, "mode": "dr2net-auto", "label": "auto@start"}
