@@ -11,4 +11,5 @@ BENCHES: dict[str, tuple[str, str]] = {
     # API.md lists "speed": step time is measured by the memory harness, in the same run as the bytes.
     "speed": ("pointdr2.bench.memory", "step time per finetuning mode (the memory harness: time, bytes, peak)"),
     "data": ("pointdr2.data.bench", "dataset loader samples/s with DataLoader workers; synthetic prepare times"),
+    "study": ("pointdr2.bench.study", "the evidence study: accuracy, memory and time of dr2net vs conventional"),
 }

@@ -331,12 +331,14 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- parent
-def _run_one(cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _run_one(cfg: dict[str, Any], timeout: float, worker_module: str = "pointdr2.bench.memory") -> dict[str, Any]:
+    """One configuration in a fresh ``python -m <worker_module> --worker CFG`` process (a module whose
+    ``--worker`` entry runs ``_worker``, e.g. one that first registers its own case)."""
     env = dict(os.environ)
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "pointdr2.bench.memory", "--worker", json.dumps(cfg)]
+    cmd = [sys.executable, "-m", worker_module, "--worker", json.dumps(cfg)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
