@@ -263,8 +263,8 @@ class PointNeXtSeg(nn.Module):
         return self.head(self.decoder(ps, fs))
 
     def convert_state_dict(self, state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """See ``convert_official_state_dict``."""
-        return convert_official_state_dict(state_dict)
+        """See ``convert_official_state_dict``; an encoder without ``head.*`` expects a new head."""
+        return _expect_new_head(self, convert_official_state_dict(state_dict)[0], "head.")
 
     def dr2net_surrogate(self, alpha: float = 1.0, beta: float = 0.1, mode: str = "reversible",
                          **kw: Any) -> PointNeXtDr2Net:
@@ -411,6 +411,15 @@ def build_pointnext(cfg_model: Mapping[str, Any]) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- official checkpoints
+
+def _expect_new_head(model: nn.Module, sd: dict[str, torch.Tensor], prefix: str
+                     ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(sd, expected missing): the model's head keys when ``sd`` holds no head at all (an encoder
+    exported to finetune on another label set), else nothing."""
+    if any(k.startswith(prefix) for k in sd):
+        return sd, []
+    return sd, [k for k in model.state_dict() if k.startswith(prefix)]
+
 
 def convert_official_state_dict(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Map an openpoints PointNeXt state dict (or a whole ``{model, optimizer, scheduler, epoch,
@@ -575,7 +584,8 @@ class PointNeXtDr2Net(nn.Module):
         return self.prediction(self._source.pool(fs[-1]))
 
     def convert_state_dict(self, state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
-        return convert_official_state_dict(state_dict)
+        """See ``convert_official_state_dict``; an encoder without ``prediction.*`` expects a new head."""
+        return _expect_new_head(self, convert_official_state_dict(state_dict)[0], "prediction.")
 
 
 def _drop_alias_keys(module: PointNeXtDr2Net, state_dict: dict, prefix: str, local_metadata: Any) -> None:
@@ -607,9 +617,10 @@ def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None
             ``index`` int64 ``[n]`` (the room point each pass point stands for), or a room object
             with ``passes()`` and ``num_points`` (``pointdr2.data.s3dis.S3DISRoom``).
         num_points: points in the room (taken from the room object when omitted).
-        max_points: run passes larger than this in overlapping spatial chunks (the ``max_points``
-            points nearest a seed, seeds taken until every point is covered), so memory stays that
-            of a ``max_points``-point forward; ``None`` runs every pass whole.
+        max_points: run passes larger than this in overlapping spatial chunks (k-d cells of at most
+            3/4 of ``max_points`` points, each with the points nearest it as context, see
+            ``_chunks``), so memory stays that of a ``max_points``-point forward; ``None`` runs
+            every pass whole.
         device: where the model runs (default: the model's device).
         chunk_transform: optional ``(pos, feats) -> (pos, feats)`` applied to each chunk (e.g. to
             recompute a height feature relative to the chunk as training crops have it).
@@ -665,25 +676,32 @@ def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None
     return total / count.unsqueeze(1)  # 0/0 -> NaN marks uncovered points
 
 
-def _chunks(pos: torch.Tensor, max_points: Optional[int]) -> Iterable[Optional[torch.Tensor]]:
-    """Index sets covering ``pos[n,3]``: ``None`` (everything) or crops of the ``max_points``
-    points nearest a seed; the next seed is the uncovered point nearest the previous seed, so the
-    crops sweep across the room with little overlap."""
+def _chunks(pos: torch.Tensor, max_points: Optional[int], core: float = 0.75) -> Iterable[Optional[torch.Tensor]]:
+    """Index sets covering ``pos[n,3]``: ``None`` (everything) or crops of ``max_points`` points.
+
+    The room is split k-d-tree fashion (median cuts across the longest extent) into cells of at most
+    ``core * max_points`` points; each crop is its cell plus the points nearest the cell's centre up
+    to ``max_points``, so every point is covered and every cell has context around it. About
+    ``n / (core * max_points)`` crops; growing crops from seeds instead (a kNN ball at the edge of the
+    covered region) needed 2.6x ``n / max_points`` on room-shaped clouds, each mostly old points.
+    """
     n = pos.shape[0]
     if max_points is None or n <= max_points:
         yield None
         return
-    covered = torch.zeros(n, dtype=torch.bool)
-    seed = 0
     pos64 = pos.double()
-    while True:
-        d2 = (pos64 - pos64[seed]).square().sum(1)
+    limit = max(1, int(core * max_points))
+    cells = [torch.arange(n)]
+    while cells:
+        cell = cells.pop(0)
+        if len(cell) > limit:
+            p = pos64[cell]
+            axis = int(torch.argmax(p.amax(dim=0) - p.amin(dim=0)))
+            order = cell[torch.argsort(p[:, axis], stable=True)]
+            half = len(order) // 2
+            cells[:0] = [order[:half], order[half:]]  # depth first: neighbouring cells come out together
+            continue
+        d2 = (pos64 - pos64[cell].mean(dim=0)).square().sum(1)
+        d2[cell] = -1.0  # the cell itself first
         chunk = torch.topk(d2, max_points, largest=False).indices
-        chunk = torch.sort(chunk).values  # keep pass order (FPS starts at the first point)
-        covered[chunk] = True
-        yield chunk
-        if bool(covered.all()):
-            return
-        # Next seed: the uncovered point nearest to the last seed, so chunks grow outward.
-        d2 = d2.masked_fill(covered, float("inf"))
-        seed = int(torch.argmin(d2))
+        yield torch.sort(chunk).values  # keep pass order (FPS starts at the first point)

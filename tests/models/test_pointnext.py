@@ -3,6 +3,7 @@ whole-room inference."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -451,6 +452,26 @@ def test_predict_room_chunks_cover_every_point_and_bound_the_forward_size():
     assert out.shape == (3000, 13) and torch.isfinite(out).all()
 
 
+def test_room_chunks_are_few_full_and_cover_every_point():
+    from pointdr2.models.pointnext import _chunks
+
+    g = torch.Generator().manual_seed(0)
+    n, max_points = 9000, 512
+    floor = torch.rand(n // 2, 3, generator=g) * torch.tensor([6.0, 5.0, 0.0])
+    wall = torch.rand(n - n // 2, 3, generator=g) * torch.tensor([6.0, 0.0, 3.0])
+    pos = torch.cat([floor, wall])
+    chunks = list(_chunks(pos, max_points))
+    hits = torch.zeros(n, dtype=torch.long)
+    for c in chunks:
+        assert len(c) == max_points and len(torch.unique(c)) == max_points
+        assert torch.equal(c, torch.sort(c).values)
+        hits[c] += 1
+    assert bool((hits > 0).all())
+    # median cuts leave cells of 3/4 * 512 = 384 points or fewer, and more than half that
+    assert len(chunks) <= math.ceil(n / 192) and len(chunks) < 2 * n / max_points
+    assert list(_chunks(pos, n)) == [None] and list(_chunks(pos, None)) == [None]
+
+
 def test_predict_room_rejects_bad_passes():
     model = _tiny_seg()
     pos, feats = _room(800, seed=10)
@@ -473,6 +494,15 @@ def test_load_pretrained_reads_an_official_checkpoint_file(tmp_path):
     assert report.missing == [] and report.unexpected == []
     for key, value in model.state_dict().items():
         assert torch.equal(value, sd[key]), key
+    # an encoder exported without its head (finetuning on another label set): the head is expected missing
+    encoder_only = tmp_path / "encoder.pth"
+    torch.save({"model": {k: v for k, v in sd.items() if not k.startswith("head.")}}, encoder_only)
+    fresh = build_model({"name": "pointnext", "width": 8, "blocks": [1, 2, 2, 1, 1], "num_classes": 5})
+    report = load_pretrained(fresh, encoder_only)
+    head = sorted(k for k in fresh.state_dict() if k.startswith("head."))
+    assert head and sorted(report.expected_missing) == head
+    assert sorted(report.missing) == [k for k in head if not k.endswith("num_batches_tracked")]
+    assert report.unexpected_missing == [] and report.unexpected == []
 
 
 def test_predict_room_on_an_s3dis_room_matches_per_pass_scatter():
