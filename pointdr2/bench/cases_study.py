@@ -122,16 +122,11 @@ def run_row(cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def _worker_main(argv: list[str]) -> int:
-    import sys
-
+    """``memory``'s worker entry with this module registered as case ``"study"`` first."""
     from pointdr2.bench import memory
 
-    if len(argv) != 2 or argv[0] != "--worker":
-        print("usage: python -m pointdr2.bench.cases_study --worker JSON", file=sys.stderr)
-        return 2
-    memory.CASE_MODULES.setdefault("study", __name__ if __name__ != "__main__" else "pointdr2.bench.cases_study")
-    print(json.dumps(memory._worker(json.loads(argv[1]))))
-    return 0
+    memory.CASE_MODULES.setdefault("study", "pointdr2.bench.cases_study")
+    return memory._worker_main(argv)
 
 
 if __name__ == "__main__":
