@@ -73,13 +73,14 @@ def _has_normals(sample: Mapping) -> bool:
     return "points" in sample and sample["points"].shape[1] >= 6
 
 
-def furthest_point_indices(xyz: np.ndarray, npoint: int) -> np.ndarray:
-    """FPS indices (int64 [npoint]) of ``xyz`` (float [N, 3]) with ``pointdr2.ops`` (starts at index 0)."""
+def furthest_point_indices(xyz: np.ndarray, npoint: int, skip_origin: bool = False) -> np.ndarray:
+    """FPS indices (int64 [npoint]) of ``xyz`` (float [N, 3]) with ``pointdr2.ops`` (starts at index 0;
+    ``skip_origin``: pointnet2_ops' origin skip, see ``pointdr2.ops.furthest_point_sample``)."""
     from pointdr2.ops import furthest_point_sample
 
     pts = torch.from_numpy(np.ascontiguousarray(xyz[:, :3], dtype=np.float32)).unsqueeze(0)
     with torch.no_grad():
-        idx = furthest_point_sample(pts, int(npoint))
+        idx = furthest_point_sample(pts, int(npoint), skip_origin=bool(skip_origin))
     return idx[0].numpy().astype(np.int64)
 
 
@@ -96,21 +97,25 @@ class FPSSubsample(Transform):
     """Furthest point sampling to ``npoints``, then (if ``keep``) a random ``keep`` of them.
 
     Point-BERT/MAE training: ``npoints=1200, keep=1024`` (2400/2048 for 2048-point models); test:
-    ``npoints=1024`` without ``keep`` (deterministic).
+    ``npoints=1024`` without ``keep`` (deterministic). ``skip_origin: true`` samples as the official
+    code's pointnet2_ops FPS does (never picks a point with ``|p|^2 <= 1e-3`` after the first).
     """
 
-    def __init__(self, npoints: int, keep: int | None = None):
+    def __init__(self, npoints: int, keep: int | None = None, skip_origin: bool = False):
         self.npoints = int(npoints)
         self.keep = None if keep is None else int(keep)
         if self.npoints <= 0 or (self.keep is not None and not 0 < self.keep <= self.npoints):
             raise ValueError(f"fps_subsample: need 0 < keep <= npoints, got npoints={npoints}, keep={keep}")
+        if not isinstance(skip_origin, bool):
+            raise ValueError(f"fps_subsample: skip_origin must be true or false, got {skip_origin!r}")
+        self.skip_origin = skip_origin
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         n = _num_points(sample)
         if self.npoints > n:
             raise ValueError(f"fps_subsample: npoints={self.npoints} but the sample has only {n} points; "
                              "raise dataset.num_points or lower npoints")
-        idx = furthest_point_indices(sample[_xyz_key(sample)], self.npoints)
+        idx = furthest_point_indices(sample[_xyz_key(sample)], self.npoints, self.skip_origin)
         if self.keep is not None:
             idx = idx[rng.choice(self.npoints, size=self.keep, replace=False)]
         return take(sample, idx)

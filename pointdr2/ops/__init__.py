@@ -2,7 +2,7 @@
 
 Public functions (indices are int64; ``features`` are channel-first ``[B, C, N]``)::
 
-    furthest_point_sample(xyz[B,N,3], npoint) -> idx[B,npoint]
+    furthest_point_sample(xyz[B,N,3], npoint, *, skip_origin=False) -> idx[B,npoint]
     ball_query(xyz[B,N,3], new_xyz[B,S,3], radius, nsample) -> idx[B,S,nsample]
     knn(query[B,S,3], support[B,N,3], k) -> (sqdist[B,S,k] ascending, idx[B,S,k])
     gather_points(features[B,C,N], idx[B,S]) -> [B,C,S]                    (differentiable)
@@ -12,7 +12,8 @@ Public functions (indices are int64; ``features`` are channel-first ``[B, C, N]`
 
 Semantics (identical on every backend): FPS starts at index 0 and repeatedly takes the point
 maximising the minimum squared distance to the chosen set, lowest index on ties, with no origin
-skip. Ball query returns the first ``nsample`` indices in increasing order with ``d^2 < r^2``
+skip unless ``skip_origin=True`` asks for pointnet2_ops' (see :func:`furthest_point_sample`).
+Ball query returns the first ``nsample`` indices in increasing order with ``d^2 < r^2``
 (strict; ``r^2`` rounded to float32 like the CUDA kernels), empty slots repeat the first hit, and a
 query without hits gets all zeros. kNN returns ascending squared distances, ties broken towards
 the lower index; ``three_nn`` returns Euclidean (not squared) distances. Distances are computed in
@@ -57,6 +58,7 @@ __all__ = [
     "get_memory_budget",
     "group_points",
     "knn",
+    "origin_skip_mask",
     "set_backend",
     "set_memory_budget",
     "three_interpolate",
@@ -156,7 +158,7 @@ def auto_backend(device: torch.device | str, dtype: torch.dtype = torch.float32)
     return "torch"
 
 
-def _dispatch(op: str, device: torch.device, dtype: torch.dtype, *args):
+def _dispatch(op: str, device: torch.device, dtype: torch.dtype, *args, **kwargs):
     chosen = get_backend()
     chain = _auto_chain(device, dtype) if chosen == "auto" else [chosen, "torch"]
     for name in chain:
@@ -169,7 +171,7 @@ def _dispatch(op: str, device: torch.device, dtype: torch.dtype, *args):
                             name, op, device.type, str(dtype).replace("torch.", ""))
             continue
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except BackendUnavailable as exc:
             if (name, "unavailable") not in _reported:
                 _reported.add((name, "unavailable"))
@@ -211,6 +213,25 @@ def radius_squared(radius: float, dtype: torch.dtype = torch.float32) -> float:
         return float(radius) * float(radius)
     r = np.float32(radius)
     return float(r * r)
+
+
+#: pointnet2_ops' FPS never picks a point with ``|p|^2 <= ORIGIN_SKIP_SQ`` after the first.
+ORIGIN_SKIP_SQ = 1e-3
+
+
+def origin_skip_mask(xyz: torch.Tensor) -> torch.Tensor:
+    """bool [B, N]: the points of ``xyz`` [B, N, 3] that FPS with ``skip_origin=True`` never picks
+    after the first, ``|p|^2 <= 1e-3``.
+
+    ``|p|^2`` is computed as pointnet2_ops' kernel does, in float32 as ``(x*x + y*y) + z*z`` (each
+    operation rounded, no fused multiply-add) whatever the input dtype, and compared with the double
+    1e-3 (the kernel's literal). Every backend uses this one mask, so they agree bit for bit.
+    """
+    p = xyz.detach().to(torch.float32)
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    mag = x * x + y * y
+    mag = mag + z * z
+    return mag.double() <= ORIGIN_SKIP_SQ
 
 
 # ----------------------------------------------------------------------------- validation
@@ -278,12 +299,19 @@ def _check_features(f: object, name: str = "features", expected: str = "[B, C, N
 
 # ----------------------------------------------------------------------------- index ops
 @torch.no_grad()
-def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
+def furthest_point_sample(xyz: torch.Tensor, npoint: int, *, skip_origin: bool = False) -> torch.Tensor:
     """Furthest point sampling.
 
     Args:
         xyz: float [B, N, 3] coordinates (any float dtype; distances computed in float32).
         npoint: number of points to pick, 1 <= npoint <= N.
+        skip_origin: pointnet2_ops' rule, with which the official Point-BERT / Point-MAE models were
+            trained: a point with ``|p|^2 <= 1e-3`` (see :func:`origin_skip_mask`) is never picked
+            after the first; index 0 still starts the sample wherever it lies. Skipped points only
+            drop out of the choice. When every candidate left is at distance 0 (all chosen, or
+            duplicates of chosen points) the lowest-index candidate is picked; with no candidate
+            at all (every point, index 0 included, in the origin ball) every pick is index 0, as
+            pointnet2_ops returns. ``False`` (default): no skip.
 
     Returns:
         int64 [B, npoint] indices into N; ``idx[:, 0] == 0``.
@@ -292,7 +320,9 @@ def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
     npoint = _as_int(npoint, "npoint")
     if not 1 <= npoint <= xyz.shape[1]:
         raise ValueError(f"npoint must be in [1, N={xyz.shape[1]}] for xyz of shape {tuple(xyz.shape)}; got {npoint}")
-    return _dispatch("furthest_point_sample", xyz.device, xyz.dtype, xyz, npoint)
+    if not isinstance(skip_origin, (bool, np.bool_)):
+        raise ValueError(f"skip_origin must be True or False; got {skip_origin!r}")
+    return _dispatch("furthest_point_sample", xyz.device, xyz.dtype, xyz, npoint, skip_origin=bool(skip_origin))
 
 
 @torch.no_grad()

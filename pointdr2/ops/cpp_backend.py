@@ -136,8 +136,11 @@ def load() -> ModuleType:
         return _module
 
 
-def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
-    return load().furthest_point_sample(xyz, int(npoint))
+def furthest_point_sample(xyz: torch.Tensor, npoint: int, *, skip_origin: bool = False) -> torch.Tensor:
+    from pointdr2.ops import origin_skip_mask
+
+    skip = origin_skip_mask(xyz).to(torch.uint8) if skip_origin else torch.empty(0, dtype=torch.uint8)
+    return load().furthest_point_sample(xyz, int(npoint), skip)
 
 
 def ball_query(xyz: torch.Tensor, new_xyz: torch.Tensor, radius: float, nsample: int) -> torch.Tensor:

@@ -1,11 +1,15 @@
 """Adapter for the ``pointnet2_ops`` CUDA package (float32 CUDA tensors, int32 indices).
 
-It converts indices to int64 and removes the one place where pointnet2_ops disagrees with the
-contract: its FPS kernel never picks a point with ``|p|^2 <= 1e-3`` (an "origin skip" meant to
-ignore zero padding). Translating the cloud would change float32 rounding and therefore tie
-decisions, so instead a cloud with such a point (other than index 0, which is picked first anyway)
-is handed to the next backend (Triton or torch), which gives the exact contract result.
-kNN is not part of pointnet2_ops and is always handled by the next backend.
+It converts indices to int64 and deals with the one place where pointnet2_ops' FPS is not the
+default contract: its kernel never picks a point with ``|p|^2 <= 1e-3`` (an "origin skip" meant to
+ignore zero padding). With ``skip_origin=False`` (the default) a cloud with such a point (other than
+index 0, which is picked first anyway) is handed to the next backend (Triton or torch), which gives
+the exact contract result; translating the cloud would change float32 rounding and therefore tie
+decisions. With ``skip_origin=True`` the kernel's own rule is wanted and it runs as it is, except
+for a cloud with a point whose ``|p|^2`` lies within float32 rounding of the threshold (the kernel
+may fuse its multiply-adds, the other backends do not): that one goes to the next backend, so the
+skip decision is the same on every backend. kNN is not part of pointnet2_ops and is always handled
+by the next backend.
 """
 
 from __future__ import annotations
@@ -53,10 +57,17 @@ def has_origin_points(xyz: torch.Tensor) -> bool:
     return bool((mag <= _ORIGIN_SKIP).any())
 
 
-def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
-    if has_origin_points(xyz):
+def near_skip_threshold(xyz: torch.Tensor) -> bool:
+    """True when a point of ``xyz`` [B, N, 3] other than index 0 has ``|p|^2`` so close to 1e-3 that
+    fused and unfused float32 arithmetic could decide the origin skip differently."""
+    mag = (xyz[:, 1:].double() ** 2).sum(-1)
+    return bool(((mag > 1e-3 * (1 - 1e-4)) & (mag <= _ORIGIN_SKIP)).any())
+
+
+def furthest_point_sample(xyz: torch.Tensor, npoint: int, *, skip_origin: bool = False) -> torch.Tensor:
+    if (near_skip_threshold(xyz) if skip_origin else has_origin_points(xyz)):
         # Only _dispatch's BackendUnavailable handler logs; this is a per-call hand-off, not a failure.
-        return _next_backend("furthest_point_sample", xyz, npoint)
+        return _next_backend("furthest_point_sample", xyz, npoint, skip_origin=skip_origin)
     idx = _utils().furthest_point_sample(xyz.float().contiguous(), int(npoint))
     return idx.to(torch.int64)
 
@@ -71,9 +82,9 @@ def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, 
     return dist, idx.to(torch.int64)
 
 
-def _next_backend(op: str, *args):
+def _next_backend(op: str, *args, **kwargs):
     from pointdr2.ops import torch_backend, triton_backend
 
     if triton_backend.is_available() and triton_backend.supports(args[0].device, args[0].dtype):
-        return getattr(triton_backend, op)(*args)
-    return getattr(torch_backend, op)(*args)
+        return getattr(triton_backend, op)(*args, **kwargs)
+    return getattr(torch_backend, op)(*args, **kwargs)

@@ -58,8 +58,14 @@ def _query_chunk(batch: int, n: int, bytes_per_pair: int) -> int:
     return max(1, get_memory_budget() // max(1, batch * n * bytes_per_pair))
 
 
-def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
-    """[B, N, 3] -> int64 [B, npoint]; a python loop over npoint with a vectorised update."""
+def furthest_point_sample(xyz: torch.Tensor, npoint: int, *, skip_origin: bool = False) -> torch.Tensor:
+    """[B, N, 3] -> int64 [B, npoint]; a python loop over npoint with a vectorised update.
+
+    ``skip_origin``: points of :func:`pointdr2.ops.origin_skip_mask` take no part in the maximum
+    (-1, below every distance: a cloud without candidates picks index 0)."""
+    from pointdr2.ops import origin_skip_mask
+
+    skip = origin_skip_mask(xyz) if skip_origin else None
     B, N, _ = xyz.shape
     x, y, z = _planes(xyz)
     mind = torch.full((B, N), float("inf"), dtype=x.dtype, device=xyz.device)
@@ -79,7 +85,10 @@ def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
         d.add_(t)
         torch.minimum(mind, d, out=mind)
         # argmax returns the first maximal index: the lowest index wins ties.
-        last = mind.argmax(dim=1)
+        if skip is None:
+            last = mind.argmax(dim=1)
+        else:
+            last = t.copy_(mind).masked_fill_(skip, -1.0).argmax(dim=1)
         out[:, i] = last
     return out
 

@@ -61,7 +61,10 @@ def _build() -> dict:
     import triton.language as tl
 
     @triton.jit
-    def fps_kernel(xyz_ptr, mind_ptr, out_ptr, N, npoint, BLOCK: tl.constexpr):
+    def fps_kernel(xyz_ptr, mind_ptr, skip_ptr, out_ptr, N, npoint, BLOCK: tl.constexpr, SKIP: tl.constexpr):
+        # SKIP: skip_ptr holds uint8 [B, N] (1 = never picked after the first, pointnet2_ops' origin
+        # skip); such points keep their distances but take no part in the maximum (-1, below every
+        # distance, so a cloud without candidates picks index 0).
         b = tl.program_id(0)
         base = xyz_ptr + b * N * 3
         mbase = mind_ptr + b * N
@@ -86,8 +89,11 @@ def _build() -> dict:
                 dz = z - cz
                 d = (dx * dx + dy * dy) + dz * dz
                 m = tl.minimum(tl.load(mbase + offs, mask=mask, other=-1.0), d)
-                m = tl.where(mask, m, -1.0)
                 tl.store(mbase + offs, m, mask=mask)
+                if SKIP:
+                    skipped = tl.load(skip_ptr + b * N + offs, mask=mask, other=1)
+                    m = tl.where(skipped != 0, -1.0, m)
+                m = tl.where(mask, m, -1.0)
                 bmax = tl.max(m, axis=0)
                 # lowest index holding the block maximum; earlier blocks win ties (strict >)
                 bidx = tl.min(tl.where(m == bmax, offs, N), axis=0)
@@ -187,12 +193,18 @@ def _block(n: int) -> int:
     return max(16, min(_BLOCK, _get()["next_pow2"](n)))
 
 
-def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
+def furthest_point_sample(xyz: torch.Tensor, npoint: int, *, skip_origin: bool = False) -> torch.Tensor:
+    from pointdr2.ops import origin_skip_mask
+
     B, N, _ = xyz.shape
     xyz = xyz.contiguous()
     mind = torch.full((B, N), float("inf"), dtype=torch.float32, device=xyz.device)
     out = torch.empty((B, npoint), dtype=torch.int64, device=xyz.device)
-    _get()["fps"][(B,)](xyz, mind, out, N, npoint, BLOCK=_block(N), **_launch_options())
+    # Without the skip the kernel never reads the mask; a one-element placeholder keeps the signature.
+    skip = origin_skip_mask(xyz).to(torch.uint8).contiguous() if skip_origin else \
+        torch.zeros(1, dtype=torch.uint8, device=xyz.device)
+    _get()["fps"][(B,)](xyz, mind, skip, out, N, npoint, BLOCK=_block(N), SKIP=bool(skip_origin),
+                        **_launch_options())
     return out
 
 

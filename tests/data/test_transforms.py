@@ -39,6 +39,24 @@ def test_fps_subsample_keep_is_random_subset_of_fps(fps_reference):
     assert set(a["mask"].tolist()) != set(b["mask"].tolist())
 
 
+def test_fps_subsample_skip_origin_never_picks_the_origin_ball():
+    s = _cls_sample()
+    s["points"][7, :3] = 0.0
+    s["points"][40, :3] = [0.01, 0.02, -0.01]  # |p|^2 = 6e-4 <= 1e-3: pointnet2_ops skips it
+    xyz = s["points"][:, :3].astype(np.float64)
+    chosen, mind = [0], np.full(len(xyz), np.inf)
+    for _ in range(299):  # brute force with the skip, every point picked
+        mind = np.minimum(mind, ((xyz - xyz[chosen[-1]]) ** 2).sum(1))
+        chosen.append(int(np.argmax(np.where(np.isin(np.arange(len(xyz)), [7, 40]), -1.0, mind))))
+    out = build_transforms([{"name": "fps_subsample", "npoints": 300, "skip_origin": True}])(s, np.random.default_rng(0))
+    np.testing.assert_array_equal(out["mask"], chosen)
+    assert 7 not in out["mask"] and 40 not in out["mask"]
+    plain = build_transforms([{"name": "fps_subsample", "npoints": 300}])(s, np.random.default_rng(0))
+    assert 7 in plain["mask"] and 40 in plain["mask"]
+    with pytest.raises(ValueError, match="skip_origin must be true or false"):
+        build_transforms([{"name": "fps_subsample", "npoints": 3, "skip_origin": "yes"}])
+
+
 def test_fps_subsample_too_few_points():
     with pytest.raises(ValueError, match="npoints=500 but the sample has only 300"):
         build_transforms([{"name": "fps_subsample", "npoints": 500}])(_cls_sample(), np.random.default_rng(0))

@@ -22,6 +22,7 @@ needs_cpp = pytest.mark.skipif("cpp" not in ops.available_backends(), reason="no
 def _all_ops(xyz: torch.Tensor, queries: torch.Tensor) -> dict:
     return {
         "fps": ops.furthest_point_sample(xyz, xyz.shape[1] // 2),
+        "fps_skip": ops.furthest_point_sample(xyz, xyz.shape[1], skip_origin=True),
         "ball": ops.ball_query(xyz, queries, 0.3, 13),
         "knn": ops.knn(queries, xyz, min(20, xyz.shape[1])),
         "three_nn": ops.three_nn(queries, xyz),
@@ -30,6 +31,7 @@ def _all_ops(xyz: torch.Tensor, queries: torch.Tensor) -> dict:
 
 def _assert_same(a: dict, b: dict) -> None:
     assert torch.equal(a["fps"], b["fps"])
+    assert torch.equal(a["fps_skip"], b["fps_skip"])
     assert torch.equal(a["ball"], b["ball"])
     for key in ("knn", "three_nn"):
         assert torch.equal(a[key][1], b[key][1]), key
@@ -106,12 +108,13 @@ def test_cpp_build_failure_falls_back_with_one_warning(backend, monkeypatch, cap
 @pytest.mark.parametrize("B,N", [(1, 5), (3, 257), (2, 1500)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpp_matches_torch(backend, B, N, dtype):
-    xyz = random_cloud(B, N, seed=N, duplicates=N // 10, dtype=dtype)
+    xyz = random_cloud(B, N, seed=N, duplicates=N // 10, dtype=dtype, near_origin=max(1, N // 8))
     queries = torch.cat([xyz[:, : N // 3], random_cloud(B, 9, seed=2, dtype=dtype)], dim=1)
     backend("torch")
     expected = _all_ops(xyz, queries)
     backend("cpp")
     _assert_same(_all_ops(xyz, queries), expected)
+    np.testing.assert_array_equal(expected["fps_skip"].numpy(), ref_fps(xyz.numpy(), N, skip_origin=True))
 
 
 @needs_cpp
@@ -139,6 +142,15 @@ def triton_interpreter_check() -> None:
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
     half = xyz.to(torch.bfloat16)
     assert torch.equal(triton_backend.furthest_point_sample(half, 5), torch_backend.furthest_point_sample(half, 5))
+    # pointnet2_ops' origin skip: points at / near the origin, duplicates, all picks (repeats included),
+    # and a cloud with no candidate at all
+    near = random_cloud(2, 21, seed=8, duplicates=3, near_origin=6)
+    for cloud in (near, near.to(torch.bfloat16), near * 0.01):
+        got = triton_backend.furthest_point_sample(cloud, 21, skip_origin=True)
+        assert torch.equal(got, torch_backend.furthest_point_sample(cloud, 21, skip_origin=True))
+    assert torch.equal(triton_backend.furthest_point_sample(near, 21, skip_origin=True),
+                       torch.from_numpy(ref_fps(near.numpy(), 21, skip_origin=True)))
+    assert not triton_backend.furthest_point_sample(near * 0.01, 21, skip_origin=True).any()
 
 
 @pytest.mark.skipif(triton_backend._installed() is False, reason="triton not installed")
@@ -206,6 +218,19 @@ def test_pointnet2_adapter_converts_and_corrects_origin_skip(monkeypatch):
     assert pointnet2_backend.furthest_point_sample(xyz, 2).tolist() == [[0, 1]]
     assert calls == [] and pointnet2_backend.has_origin_points(xyz)
 
+    # skip_origin=True asks for the kernel's own rule: the kernel runs on a cloud with origin points ...
+    xyz = torch.tensor([[[1.0, 1, 1], [0.0, 0, 0], [0.9, 1, 1], [0.02, 0, 0]]])
+    calls.clear()
+    assert pointnet2_backend.furthest_point_sample(xyz, 3, skip_origin=True).tolist() == [[0, 2, 0]]
+    assert calls == ["fps"]
+    # ... except when a |p|^2 sits within float32 rounding of 1e-3: the shared mask decides instead
+    r = float(np.sqrt(1e-3))
+    xyz = torch.tensor([[[1.0, 1, 1], [r, 0, 0], [0.9, 1, 1]]])
+    calls.clear()
+    got = pointnet2_backend.furthest_point_sample(xyz, 3, skip_origin=True)
+    assert calls == [] and pointnet2_backend.near_skip_threshold(xyz)
+    np.testing.assert_array_equal(got.numpy(), ref_fps(xyz.numpy(), 3, skip_origin=True))
+
     xyz = random_cloud(2, 30, seed=5)
     ball = pointnet2_backend.ball_query(xyz, xyz[:, :6], 0.6, 7)
     assert ball.dtype == torch.int64
@@ -244,8 +269,10 @@ def test_triton_kernels_compile_for_cuda_without_fma():
 
     kernels = triton_backend._get()
     signatures = {
-        "fps": ({"xyz_ptr": "*fp32", "mind_ptr": "*fp32", "out_ptr": "*i64", "N": "i32", "npoint": "i32",
-                 "BLOCK": "constexpr"}, {"BLOCK": 1024}),
+        "fps": ({"xyz_ptr": "*fp32", "mind_ptr": "*fp32", "skip_ptr": "*u8", "out_ptr": "*i64", "N": "i32",
+                 "npoint": "i32", "BLOCK": "constexpr", "SKIP": "constexpr"}, {"BLOCK": 1024, "SKIP": True}),
+        "fps_plain": ({"xyz_ptr": "*fp32", "mind_ptr": "*fp32", "skip_ptr": "*u8", "out_ptr": "*i64", "N": "i32",
+                       "npoint": "i32", "BLOCK": "constexpr", "SKIP": "constexpr"}, {"BLOCK": 1024, "SKIP": False}),
         "ball": ({"xyz_ptr": "*bf16", "q_ptr": "*bf16", "out_ptr": "*i64", "N": "i32", "S": "i32", "r2": "fp32",
                   "nsample": "i32", "BLOCK": "constexpr", "NS_BLOCK": "constexpr"}, {"BLOCK": 1024, "NS_BLOCK": 32}),
         "knn": ({"q_ptr": "*fp16", "xyz_ptr": "*fp16", "dist_ptr": "*fp32", "idx_ptr": "*i64", "N": "i32",
@@ -253,7 +280,7 @@ def test_triton_kernels_compile_for_cuda_without_fma():
     }
     for name, (signature, constexprs) in signatures.items():
         positions = {(list(signature).index(key),): value for key, value in constexprs.items()}
-        src = ASTSource(fn=kernels[name], signature=signature, constexprs=positions)
+        src = ASTSource(fn=kernels[name.split("_")[0]], signature=signature, constexprs=positions)
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": False})
         assert "cubin" in compiled.asm, name
         assert "fma.rn.f32" not in compiled.asm["ptx"], name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ops_reference import random_cloud, ref_ball_query, ref_fps, ref_knn
+from ops_reference import random_cloud, ref_ball_query, ref_fps, ref_knn, ref_origin_skip
 
 from pointdr2 import ops
 
@@ -40,6 +40,54 @@ def test_fps_ties_and_no_origin_skip(cpu_backend):
     # cloud at the origin (pointnet2_ops would never pick the zero point at index 1)
     xyz = torch.tensor([[[1.0, 1, 1], [0.0, 0, 0], [0.5, 0.5, 0.5]]])
     assert ops.furthest_point_sample(xyz, 2).tolist() == [[0, 1]]
+
+
+# ----------------------------------------------------------------------------- FPS origin skip
+def test_fps_origin_skip_by_hand(cpu_backend):
+    # pointnet2_ops' rule: |p|^2 <= 1e-3 is never picked after the first. Point 1 (the origin) and
+    # point 3 (|p|^2 = 9e-4) are skipped; point 4 (|p|^2 = 1.1e-3) is not.
+    xyz = torch.tensor([[[1.0, 1, 1], [0.0, 0, 0], [0.9, 1, 1], [0.03, 0, 0], [0, 0.0331662, 0]]])
+    assert ops.furthest_point_sample(xyz, 5).tolist() == [[0, 1, 2, 4, 3]]  # no skip: the origin is next
+    assert ops.furthest_point_sample(xyz, 5, skip_origin=True).tolist() == [[0, 4, 2, 0, 0]]
+    # index 0 starts the sample even at the origin; then only the far points are candidates
+    xyz = torch.tensor([[[0.0, 0, 0], [0.5, 0, 0], [0.01, 0.01, 0], [-1.0, 0, 0]]])
+    assert ops.furthest_point_sample(xyz, 4, skip_origin=True).tolist() == [[0, 3, 1, 1]]
+    # no candidate at all: every point in the origin ball -> index 0 for every pick
+    tiny_cloud = torch.tensor([[[0.0, 0, 0], [0.01, 0, 0], [0, -0.02, 0.01], [0.0, 0, 0.0316]]])
+    assert ops.furthest_point_sample(tiny_cloud, 4, skip_origin=True).tolist() == [[0, 0, 0, 0]]
+    # index 0 the only point outside the ball: it is the one candidate, picked again
+    xyz = torch.tensor([[[1.0, 0, 0], [0.01, 0, 0], [0.0, 0, 0]]])
+    assert ops.furthest_point_sample(xyz, 3, skip_origin=True).tolist() == [[0, 0, 0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B,N", [(1, 37), (3, 101), (2, 300)])
+def test_fps_origin_skip_matches_reference(cpu_backend, B, N, dtype):
+    xyz = random_cloud(B, N, seed=N + 7, duplicates=N // 5, near_origin=N // 6, dtype=dtype)
+    assert 0 < ref_origin_skip(xyz.numpy()).sum() < B * N  # the cloud really has skipped points
+    for npoint in sorted({1, N // 3, N}):  # N: every candidate chosen, then repeats
+        got = ops.furthest_point_sample(xyz, npoint, skip_origin=True)
+        np.testing.assert_array_equal(got.numpy(), ref_fps(xyz.numpy(), npoint, skip_origin=True))
+        np.testing.assert_array_equal(ops.furthest_point_sample(xyz, npoint).numpy(), ref_fps(xyz.numpy(), npoint))
+    assert not ref_origin_skip(xyz.numpy())[0][ops.furthest_point_sample(xyz, N, skip_origin=True)[0, 1:]].any()
+
+
+def test_fps_origin_skip_threshold_is_the_kernels_float32_test(cpu_backend):
+    # |p|^2 straddling 1e-3 by one float32 ulp: the decision is float32 (x*x + y*y) + z*z <= 1e-3 (double).
+    r = np.float32(np.sqrt(1e-3))
+    xs = [np.nextafter(r, np.float32(0)), r, np.nextafter(r, np.float32(1))]
+    pts = [[1.0, 1.0, 1.0]] + [[float(x), 0.0, 0.0] for x in xs] + [[0.0, float(x) * 0.6, float(x) * 0.8] for x in xs]
+    xyz = torch.tensor([pts], dtype=torch.float32)
+    skip = ref_origin_skip(xyz.numpy())[0]
+    assert skip[1] and not skip[3]  # one ulp below the radius is skipped, one above is not
+    assert ops.origin_skip_mask(xyz)[0].tolist() == skip.tolist()
+    got = ops.furthest_point_sample(xyz, len(pts), skip_origin=True)
+    np.testing.assert_array_equal(got.numpy(), ref_fps(xyz.numpy(), len(pts), skip_origin=True))
+
+
+def test_fps_skip_origin_must_be_a_bool(cpu_backend):
+    with pytest.raises(ValueError, match="skip_origin must be True or False; got 'yes'"):
+        ops.furthest_point_sample(torch.rand(1, 4, 3), 2, skip_origin="yes")
 
 
 @pytest.mark.parametrize("B,N", SHAPES)

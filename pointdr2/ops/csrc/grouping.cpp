@@ -1,4 +1,5 @@
-// CPU kernels for pointdr2.ops (FPS, ball query, kNN, three_nn), float32 and float64.
+// CPU kernels for pointdr2.ops (FPS with optional origin skip, ball query, kNN, three_nn),
+// float32 and float64.
 //
 // Squared distances are computed exactly like the torch backend, (dx*dx + dy*dy) + dz*dz in the
 // input precision, and the build disables FMA contraction, so boundary (d^2 == r^2) and tie
@@ -38,8 +39,12 @@ template <typename T> struct SameSizeInt;
 template <> struct SameSizeInt<float> { using type = int32_t; };
 template <> struct SameSizeInt<double> { using type = int64_t; };
 
+// skip (optional, uint8 [B, N]): points never picked after the first (pointnet2_ops' origin
+// skip; the mask is computed once in Python so every backend uses the same one). They still get
+// their distances updated, they just take no part in the maximum; when no candidate is left
+// (every point skipped) the pick is index 0, as in pointnet2_ops.
 template <typename T>
-void fps_kernel(const T* planes, int64_t B, int64_t N, int64_t npoint, int64_t* out) {
+void fps_kernel(const T* planes, const uint8_t* skip, int64_t B, int64_t N, int64_t npoint, int64_t* out) {
   using I = typename SameSizeInt<T>::type;
   at::parallel_for(0, B, grain(N * npoint), [&](int64_t b0, int64_t b1) {
     std::vector<T> mind(N);
@@ -47,6 +52,7 @@ void fps_kernel(const T* planes, int64_t B, int64_t N, int64_t npoint, int64_t* 
       const T* __restrict x = planes + b * 3 * N;
       const T* __restrict y = x + N;
       const T* __restrict z = y + N;
+      const uint8_t* __restrict s = skip ? skip + b * N : nullptr;
       int64_t* o = out + b * npoint;
       std::fill(mind.begin(), mind.end(), std::numeric_limits<T>::infinity());
       int64_t last = 0;
@@ -58,22 +64,39 @@ void fps_kernel(const T* planes, int64_t B, int64_t N, int64_t npoint, int64_t* 
         // maximum can be an integer reduction, which vectorises without -ffast-math.
         I best = -1;
         T* __restrict md = mind.data();
-        for (int64_t j = 0; j < N; ++j) {
-          const T dx = x[j] - cx;
-          const T dy = y[j] - cy;
-          const T dz = z[j] - cz;
-          const T d = (dx * dx + dy * dy) + dz * dz;
-          const T m = d < md[j] ? d : md[j];
-          md[j] = m;
-          I bits;
-          std::memcpy(&bits, &m, sizeof(bits));
-          best = bits > best ? bits : best;
+        if (s) {
+          for (int64_t j = 0; j < N; ++j) {
+            const T dx = x[j] - cx;
+            const T dy = y[j] - cy;
+            const T dz = z[j] - cz;
+            const T d = (dx * dx + dy * dy) + dz * dz;
+            const T m = d < md[j] ? d : md[j];
+            md[j] = m;
+            I bits;
+            std::memcpy(&bits, &m, sizeof(bits));
+            bits = s[j] ? I(-1) : bits;
+            best = bits > best ? bits : best;
+          }
+        } else {
+          for (int64_t j = 0; j < N; ++j) {
+            const T dx = x[j] - cx;
+            const T dy = y[j] - cy;
+            const T dz = z[j] - cz;
+            const T d = (dx * dx + dy * dy) + dz * dz;
+            const T m = d < md[j] ? d : md[j];
+            md[j] = m;
+            I bits;
+            std::memcpy(&bits, &m, sizeof(bits));
+            best = bits > best ? bits : best;
+          }
         }
-        // Pass 2: the first index holding the maximum (lowest index wins ties).
-        T best_value;
-        std::memcpy(&best_value, &best, sizeof(best_value));
+        // Pass 2: the first candidate holding the maximum (lowest index wins ties).
         int64_t j = 0;
-        while (md[j] != best_value) ++j;
+        if (best >= 0) {
+          T best_value;
+          std::memcpy(&best_value, &best, sizeof(best_value));
+          while (md[j] != best_value || (s && s[j])) ++j;
+        }
         last = j;
         o[i] = last;
       }
@@ -167,14 +190,20 @@ void check(const at::Tensor& t, const char* name) {
 
 }  // namespace
 
-at::Tensor furthest_point_sample(const at::Tensor& xyz, int64_t npoint) {
+// skip: uint8 [B, N] (1 = never picked after the first) or an empty tensor for none.
+at::Tensor furthest_point_sample(const at::Tensor& xyz, int64_t npoint, const at::Tensor& skip) {
   check(xyz, "xyz");
   const auto B = xyz.size(0), N = xyz.size(1);
   TORCH_CHECK(npoint >= 1 && npoint <= N, "npoint out of range");
+  const bool has_skip = skip.numel() > 0;
+  TORCH_CHECK(!has_skip || (skip.scalar_type() == at::kByte && skip.dim() == 2 && skip.size(0) == B &&
+                            skip.size(1) == N), "skip must be uint8 [B, N] or empty");
   auto out = at::empty({B, npoint}, xyz.options().dtype(at::kLong));
   auto p = planar(xyz);
+  auto sk = has_skip ? skip.contiguous() : skip;
+  const uint8_t* sp = has_skip ? sk.data_ptr<uint8_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(xyz.scalar_type(), "furthest_point_sample", [&] {
-    fps_kernel<scalar_t>(p.data_ptr<scalar_t>(), B, N, npoint, out.data_ptr<int64_t>());
+    fps_kernel<scalar_t>(p.data_ptr<scalar_t>(), sp, B, N, npoint, out.data_ptr<int64_t>());
   });
   return out;
 }
@@ -210,7 +239,7 @@ std::vector<at::Tensor> knn(const at::Tensor& query, const at::Tensor& support, 
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("furthest_point_sample", &furthest_point_sample, "FPS [B,N,3] -> int64 [B,npoint]");
+  m.def("furthest_point_sample", &furthest_point_sample, "FPS [B,N,3] (+ skip mask) -> int64 [B,npoint]");
   m.def("ball_query", &ball_query, "ball query with squared radius r2 -> int64 [B,S,nsample]");
   m.def("knn", &knn, "k nearest neighbours -> (sqdist [B,S,k], int64 idx [B,S,k])");
 }
