@@ -10,11 +10,19 @@ from pointdr2.reversible.precision import (
     predicted_error,
     reconstruction_growth,
 )
-from pointdr2.reversible.schedule import CoefficientSchedule, apply_coefficients, iter_stacks
-from pointdr2.reversible.stack import MODES, Dr2Stack, ResidualBlock, frozen_running_stats
+from pointdr2.reversible.schedule import CoefficientSchedule, apply_coefficients, iter_stacks, stack_reports
+from pointdr2.reversible.stack import (
+    MODES,
+    OUTPUTS,
+    Dr2Stack,
+    ResidualBlock,
+    frozen_running_stats,
+    output_weights,
+)
 
 __all__ = [
     "MODES",
+    "OUTPUTS",
     "CoefficientSchedule",
     "Dr2Stack",
     "PrecisionGuard",
@@ -23,6 +31,8 @@ __all__ = [
     "choose_cache_every",
     "frozen_running_stats",
     "iter_stacks",
+    "output_weights",
     "predicted_error",
     "reconstruction_growth",
+    "stack_reports",
 ]

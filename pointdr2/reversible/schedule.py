@@ -94,6 +94,11 @@ def iter_stacks(model: nn.Module) -> Iterator[Dr2Stack]:
             yield m
 
 
+def stack_reports(model: nn.Module) -> dict[str, dict]:
+    """``{module path: Dr2Stack.report()}`` for every Dr2Stack inside ``model`` ("" for model itself)."""
+    return {name: m.report() for name, m in model.named_modules() if isinstance(m, Dr2Stack)}
+
+
 def apply_coefficients(model: nn.Module, alpha: float, beta: float) -> int:
     """Set alpha and beta on every Dr2Stack inside ``model``; returns how many stacks were set."""
     alpha, beta = float(alpha), float(beta)

@@ -38,7 +38,35 @@ from pointdr2.reversible.precision import PrecisionGuard
 log = logging.getLogger(__name__)
 
 MODES = ("reversible", "standard", "checkpoint", "auto")
-OUTPUTS = ("last", "mean")
+OUTPUTS = ("last", "mean", "sum")
+
+
+def output_weights(output: str, beta: float) -> tuple[float, float, float]:
+    """(w_N, w_{N-1}, w_0) of the stack output ``w_N*x_N + w_{N-1}*x_{N-1} + w_0*x_0``.
+
+    ``last``: x_N. ``mean``: (x_{N-1} + x_N)/2 (the reference implementation). ``sum``:
+    x_N + beta*(x_{N-1} - x_0). With ``G_i(x; alpha) = alpha*x + F_i(x)`` and alpha + beta = 1,
+    ``S_i = x_i + beta*x_{i-1}`` obeys ``S_i = S_{i-1} + F_i(x_{i-1})`` exactly, so the ``sum`` output
+    equals ``x + sum_i F_i(x_{i-1})``: the residual stream of the pretrained network, with each residual
+    function evaluated at the surrogate's state. ``last`` keeps only every other F_i at beta = 1.
+    """
+    if output == "last":
+        return 1.0, 0.0, 0.0
+    if output == "mean":
+        return 0.5, 0.5, 0.0
+    if output == "sum":
+        return 1.0, float(beta), -float(beta)
+    raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+
+
+def _combine(output: str, beta: float, last: torch.Tensor, prev: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    w_n, w_p, w_0 = output_weights(output, beta)
+    out = last if w_n == 1.0 else w_n * last
+    if w_p:
+        out = out + w_p * prev
+    if w_0:
+        out = out + w_0 * first
+    return out
 
 
 class ResidualBlock(nn.Module):
@@ -186,7 +214,7 @@ class _ReversibleFunction(torch.autograd.Function):
             if i in keep:
                 kept[i] = cur
             prev2, prev1 = prev1, cur
-        out = prev1 if stack.output == "last" else 0.5 * (prev2 + prev1)
+        out = _combine(stack.output, beta, prev1, prev2, x.to(sd))
         positions = sorted(kept)
         ctx.positions = positions
         ctx.rng_states = rng_states
@@ -229,10 +257,9 @@ class _ReversibleFunction(torch.autograd.Function):
         param_ids = {id(p) for p in params}
 
         grad_out = grad_out.to(sd)
-        if stack.output == "last":
-            g_prev, g_cur = torch.zeros_like(last2), grad_out
-        else:
-            g_prev = g_cur = 0.5 * grad_out
+        w_n, w_p, w_0 = output_weights(stack.output, beta)
+        g_cur = grad_out if w_n == 1.0 else w_n * grad_out
+        g_prev = w_p * grad_out if w_p else torch.zeros_like(last2)
         x_prev, x_cur = last2, last1  # (x_{i-1}, x_i) for i = N
         errors: list[torch.Tensor] = []
         for i in range(n, 0, -1):
@@ -266,7 +293,10 @@ class _ReversibleFunction(torch.autograd.Function):
             g_prev, g_cur = new_g_prev, new_g_cur
             del g_detached, x_in, gx
 
-        grad_x = (g_prev + g_cur).to(ctx.x_dtype)
+        grad_x = g_prev + g_cur
+        if w_0:  # the output's direct path from x_0 (= x)
+            grad_x = grad_x + w_0 * grad_out
+        grad_x = grad_x.to(ctx.x_dtype)
         err = float(torch.stack(errors).max()) if errors else None  # one host sync per backward
         stack._record_backward(err, k)
         out_extras = [
@@ -285,7 +315,9 @@ class Dr2Stack(nn.Module):
             shaped like x. Parameters a block uses must be registered in it (or passed as extras).
         alpha, beta: coefficients; writable floats between steps.
         output: ``"last"`` returns x_N (exactly the pretrained network at alpha=1, beta=0); ``"mean"``
-            returns (x_{N-1} + x_N)/2 as the reference implementation does.
+            returns (x_{N-1} + x_N)/2 as the reference implementation does; ``"sum"`` returns
+            x_N + beta*(x_{N-1} - x_0), which is also exact at alpha=1, beta=0 and, for alpha + beta = 1,
+            equals the residual stream x + sum_i F_i(x_{i-1}) (see :func:`output_weights`).
         mode: ``"reversible"`` | ``"standard"`` | ``"checkpoint"`` | ``"auto"``.
         cache_every: anchor spacing k for ``reversible`` (None = N, fully reversible).
         tolerance: relative reconstruction error ``auto`` mode aims to stay under.
@@ -404,16 +436,16 @@ class Dr2Stack(nn.Module):
 
     def _forward_standard(self, x: torch.Tensor, extras: tuple) -> torch.Tensor:
         sd = _stream_dtype(x.dtype)
-        prev2 = prev1 = x.to(sd)
+        prev2 = prev1 = x0 = x.to(sd)
         for block in self.blocks:
             g = block(prev1.to(x.dtype), self.alpha, *extras).to(sd)
             cur = self.beta * prev2 + g if self.beta != 0 else g
             prev2, prev1 = prev1, cur
-        return (prev1 if self.output == "last" else 0.5 * (prev2 + prev1)).to(x.dtype)
+        return _combine(self.output, self.beta, prev1, prev2, x0).to(x.dtype)
 
     def _forward_checkpoint(self, x: torch.Tensor, extras: tuple) -> torch.Tensor:
         sd = _stream_dtype(x.dtype)
-        prev2 = prev1 = x.to(sd)
+        prev2 = prev1 = x0 = x.to(sd)
         for block in self.blocks:
             g = _torch_checkpoint(
                 _OnceStatsBlock(block, self.alpha), prev1.to(x.dtype), *extras, use_reentrant=False,
@@ -421,7 +453,15 @@ class Dr2Stack(nn.Module):
             ).to(sd)
             cur = self.beta * prev2 + g if self.beta != 0 else g
             prev2, prev1 = prev1, cur
-        return (prev1 if self.output == "last" else 0.5 * (prev2 + prev1)).to(x.dtype)
+        return _combine(self.output, self.beta, prev1, prev2, x0).to(x.dtype)
+
+    def report(self) -> dict[str, Any]:
+        """What the last forward and backward did: ``mode`` ("standard" | "checkpoint" | "reversible";
+        auto's spacing 1 is "checkpoint"), ``cache_every`` (k, None outside reversible), the measured
+        ``reconstruction_error`` (None when nothing was reconstructed), ``depth``, ``alpha``, ``beta``."""
+        return {"mode": self.last_mode or self.mode, "cache_every": self.last_cache_every,
+                "reconstruction_error": self.last_reconstruction_error, "depth": len(self.blocks),
+                "alpha": self.alpha, "beta": self.beta}
 
     # ---- called from the backward pass
     def _record_backward(self, error: float | None, cache_every: int) -> None:

@@ -53,6 +53,8 @@ def reference(blocks, x, alpha, beta, *extras, output="last"):
     states = [x, x]
     for b in blocks:
         states.append(beta * states[-2] + b(states[-1], alpha, *extras))
+    if output == "sum":  # x_N + beta*(x_{N-1} - x_0)
+        return states[-1] + beta * (states[-2] - x)
     return states[-1] if output == "last" else 0.5 * (states[-1] + states[-2])
 
 
@@ -142,6 +144,41 @@ def test_mean_output_and_standard_checkpoint_modes_match_reference():
     for mode in ("standard", "checkpoint", "reversible", "auto"):
         stack.mode = mode
         assert max_rel(grads_of(stack, stack, x, pos), ref) < 1e-10, mode
+
+
+@pytest.mark.parametrize("cache_every", [None, 1, 3])
+def test_sum_output_matches_reference_in_every_mode(cache_every):
+    d, alpha, beta = 8, 0.25, 0.75
+    blocks = make_blocks(8, d)
+    stack = Dr2Stack(blocks, alpha=alpha, beta=beta, output="sum", cache_every=cache_every).double()
+    x, pos = inputs(d)
+    ref = grads_of(lambda a, p: reference(blocks, a, alpha, beta, p, output="sum"), stack, x, pos)
+    for mode in ("standard", "checkpoint", "reversible", "auto"):
+        stack.mode = mode
+        assert max_rel(grads_of(stack, stack, x, pos), ref) < 1e-10, mode
+
+
+def test_sum_output_is_the_residual_stream_when_alpha_plus_beta_is_one():
+    """x_N + beta*(x_{N-1} - x_0) = x + sum_i F_i(x_{i-1}) for alpha + beta = 1 (the states x_i recorded
+    from a hand-written loop): the output keeps every residual function, where "last" keeps half."""
+    d, n = 8, 6
+    blocks = [b.double() for b in make_blocks(n, d)]
+    x, pos = inputs(d)
+    for alpha in (1.0, 0.6, 0.0):
+        beta = 1.0 - alpha
+        states, residuals = [x, x], []
+        for b in blocks:
+            residuals.append(b.fn(states[-1], pos))
+            states.append(beta * states[-2] + alpha * states[-1] + residuals[-1])
+        stack = Dr2Stack(blocks, alpha=alpha, beta=beta, output="sum", mode="standard").double()
+        with torch.no_grad():
+            assert torch.allclose(stack(x, pos), x + sum(residuals), rtol=0, atol=1e-12)
+            last = Dr2Stack(blocks, alpha=alpha, beta=beta, output="last", mode="standard")(x, pos)
+            if beta > 0:
+                assert not torch.allclose(last, x + sum(residuals), rtol=0, atol=1e-3)
+    # alpha=1, beta=0: exactly the pretrained network, as "last"
+    stack = Dr2Stack(blocks, alpha=1.0, beta=0.0, output="sum", mode="standard").double()
+    assert torch.equal(stack(x, pos), _plain(blocks, x, pos))
 
 
 def test_integer_extras_pass_through_and_input_without_grad():
