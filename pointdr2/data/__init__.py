@@ -9,7 +9,7 @@ modelnet40     root, num_points (1024), use_normals (false), layout (auto|txt|h5
 scanobjectnn   root, variant (OBJ_BG|OBJ_ONLY|PB_T50_RS), num_points (all: 2048), use_mask (false),
                normalize (false), transforms
 s3dis          root, test_area (5), voxel_size (0.04), crop_points (24000), loop (30),
-               test_voxel_size (= voxel_size), transforms
+               test_voxel_size (= voxel_size), merge_classes ({new: [S3DIS classes]}), transforms
 =============  ===================================================================================
 
 ``transforms`` is a mapping ``{train: [specs], test: [specs]}`` (``val`` defaults to ``test``); see
@@ -83,12 +83,12 @@ def _build_scanobjectnn(opts: dict, split: str, val_fraction: float, seed: int) 
     return ScanObjectNN(split=split, val_fraction=val_fraction, seed=seed, **opts)
 
 
-@register_dataset("s3dis", ("test_area", "voxel_size", "crop_points", "loop", "test_voxel_size"))
+@register_dataset("s3dis", ("test_area", "voxel_size", "crop_points", "loop", "test_voxel_size", "merge_classes"))
 def _build_s3dis(opts: dict, split: str, val_fraction: float, seed: int) -> Dataset:
     test_voxel = opts.pop("test_voxel_size", opts.get("voxel_size", 0.04))
     if split == "train":
         return S3DIS(split=split, val_fraction=val_fraction, seed=seed, **opts)
-    whole = {k: v for k, v in opts.items() if k in ("root", "test_area", "transforms")}
+    whole = {k: v for k, v in opts.items() if k in ("root", "test_area", "transforms", "merge_classes")}
     return S3DISWholeRoom(split=split, voxel_size=test_voxel, val_fraction=val_fraction, seed=seed, **whole)
 
 

@@ -89,6 +89,38 @@ def load_room(path: str | Path) -> np.ndarray:
     return room
 
 
+def merged_classes(groups: Mapping[str, Sequence[str]] | None) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """(lut int64 [13] original label -> merged label, merged class names) for ``dataset.merge_classes``.
+
+    ``groups`` maps each new class name to the S3DIS class names it merges, e.g. ``{structure: [ceiling,
+    floor, wall], ...}``; every S3DIS class must appear in exactly one group. None: no merging.
+    """
+    if groups is None:
+        return None, S3DIS_CLASSES
+    if not isinstance(groups, Mapping) or not groups:
+        raise ValueError(f"dataset.merge_classes must map new class names to lists of S3DIS classes, got {groups!r}")
+    lut = np.full(len(S3DIS_CLASSES), -1, dtype=np.int64)
+    for new, (name, members) in enumerate(groups.items()):
+        if isinstance(members, str) or not isinstance(members, Sequence) or not members:
+            raise ValueError(f"dataset.merge_classes.{name} must be a non-empty list of S3DIS classes, got {members!r}")
+        for member in members:
+            if member not in S3DIS_CLASSES:
+                raise ValueError(f"dataset.merge_classes.{name}: {member!r} is not an S3DIS class "
+                                 f"({', '.join(S3DIS_CLASSES)})")
+            old = S3DIS_CLASSES.index(member)
+            if lut[old] >= 0:
+                raise ValueError(f"dataset.merge_classes: {member!r} appears in more than one group")
+            lut[old] = new
+    missing = [c for c, v in zip(S3DIS_CLASSES, lut) if v < 0]
+    if missing:
+        raise ValueError(f"dataset.merge_classes leaves S3DIS classes without a group: {', '.join(missing)}")
+    return lut, tuple(str(k) for k in groups)
+
+
+def _class_colors(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    return S3DIS_COLORS if num_classes == len(S3DIS_CLASSES) else S3DIS_COLORS[:num_classes]
+
+
 def voxel_keys(xyz: np.ndarray, voxel_size: float) -> np.ndarray:
     """int64 [n]: one key per occupied voxel of edge ``voxel_size`` (equal keys = same voxel)."""
     xyz = np.asarray(xyz, dtype=np.float64)  # float64: no voxel flips from float32 rounding at boundaries
@@ -147,7 +179,7 @@ class S3DIS(Dataset):
 
     def __init__(self, root: str | Path, split: str = "train", test_area: int = 5, voxel_size: float = 0.04,
                  crop_points: int | None = 24000, loop: int = 30, transforms: Sequence[Mapping] | None = None,
-                 val_fraction: float = 0.1, seed: int = 0):
+                 val_fraction: float = 0.1, seed: int = 0, merge_classes: Mapping | None = None):
         if check_split(split) != "train":
             raise ValueError("S3DIS crops are the training sampler; use S3DISWholeRoom for val/test")
         if voxel_size is not None and float(voxel_size) <= 0:
@@ -161,7 +193,9 @@ class S3DIS(Dataset):
         self.crop_points = None if crop_points is None else int(crop_points)
         self.loop = int(loop)
         self.rooms = _select_rooms(root, split, self.test_area, val_fraction, seed)
-        self.class_names, self.num_classes, self.colors = S3DIS_CLASSES, len(S3DIS_CLASSES), S3DIS_COLORS
+        self.lut, self.class_names = merged_classes(merge_classes)
+        self.num_classes = len(self.class_names)
+        self.colors = _class_colors(self.num_classes)
         self.transform = build_transforms(default_transforms("s3dis", split) if transforms is None else transforms)
         self._calls = 0
         log.info("S3DIS train: %d rooms (test area %d excluded) x loop %d", len(self.rooms), self.test_area, self.loop)
@@ -184,8 +218,9 @@ class S3DIS(Dataset):
                 # Fixed N for batching: repeat random points (they add no new information).
                 idx = np.concatenate([idx, rng.choice(idx, size=self.crop_points - len(idx))])
         pos = xyz[idx] - xyz[idx].min(axis=0)
+        labels = room[idx, 6].astype(np.int64)
         sample = {"pos": pos.astype(np.float32), "color": room[idx, 3:6] / np.float32(255.0),
-                  "label": room[idx, 6].astype(np.int64)}
+                  "label": labels if self.lut is None else self.lut[labels]}
         sample = self.transform(sample, rng)
         pos_t, feats = assemble(sample)
         return {"pos": pos_t, "feats": feats, "label": torch.from_numpy(np.ascontiguousarray(sample["label"]))}
@@ -209,11 +244,13 @@ class S3DISRoom:
     Attributes: ``name``, ``num_points``, ``labels`` (int64 Tensor [num_points]), ``num_passes``.
     """
 
-    def __init__(self, name: str, room: np.ndarray, voxel_size: float | None, transform, seed: int):
+    def __init__(self, name: str, room: np.ndarray, voxel_size: float | None, transform, seed: int,
+                 lut: np.ndarray | None = None):
         self.name = name
         self.room = room
         self.num_points = len(room)
-        self.labels = torch.from_numpy(room[:, 6].astype(np.int64))
+        labels = room[:, 6].astype(np.int64)
+        self.labels = torch.from_numpy(labels if lut is None else lut[labels])
         self.transform = transform
         self.seed = seed
         rng = np.random.default_rng([seed, self.num_points])
@@ -263,14 +300,17 @@ class S3DISWholeRoom(Dataset):
     whole_room = True
 
     def __init__(self, root: str | Path, split: str = "test", test_area: int = 5, voxel_size: float | None = 0.04,
-                 transforms: Sequence[Mapping] | None = None, val_fraction: float = 0.1, seed: int = 0):
+                 transforms: Sequence[Mapping] | None = None, val_fraction: float = 0.1, seed: int = 0,
+                 merge_classes: Mapping | None = None):
         if check_split(split) == "train":
             raise ValueError("S3DISWholeRoom serves the val and test splits; use S3DIS for train")
         self.split, self.test_area = split, int(test_area)
         self.voxel_size = None if voxel_size is None else float(voxel_size)
         self.seed = int(seed)
         self.rooms = _select_rooms(root, split, self.test_area, val_fraction, seed)
-        self.class_names, self.num_classes, self.colors = S3DIS_CLASSES, len(S3DIS_CLASSES), S3DIS_COLORS
+        self.lut, self.class_names = merged_classes(merge_classes)
+        self.num_classes = len(self.class_names)
+        self.colors = _class_colors(self.num_classes)
         self.transform = build_transforms(default_transforms("s3dis", split) if transforms is None else transforms)
         log.info("S3DIS %s: %d whole rooms", split, len(self.rooms))
 
@@ -279,7 +319,7 @@ class S3DISWholeRoom(Dataset):
 
     def __getitem__(self, i: int) -> S3DISRoom:
         name, path = self.rooms[i]
-        return S3DISRoom(name, load_room(path), self.voxel_size, self.transform, self.seed)
+        return S3DISRoom(name, load_room(path), self.voxel_size, self.transform, self.seed, self.lut)
 
 
 def scatter_predictions(room_num_points: int, passes_indices: Sequence, logits_list: Sequence) -> torch.Tensor:

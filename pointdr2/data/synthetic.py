@@ -84,6 +84,8 @@ class Part:
     p: dict
     at: tuple = (0.0, 0.0, 0.0)
     rot: np.ndarray = field(default_factory=lambda: np.eye(3))
+    # A part that defines the class (a cabinet's doors, a sink's basin): never left out as "missing".
+    keep: bool = False
 
     def area(self) -> float:
         p = self.p
@@ -308,8 +310,21 @@ def obj_bookshelf(rng, doors: bool = False):
 
 
 def obj_cabinet(rng):
-    parts = obj_bookshelf(rng, doors=True)
-    return parts + [Part("box", {"size": (0.8, 0.3, 0.08), "faces": "yY"}, (0, 0.0, 0.04))]
+    """A closed cabinet: a box body on a plinth, one or two doors with handles (shelves stay hidden)."""
+    w, d, h = _u(rng, 0.5, 1.2), _u(rng, 0.4, 0.6), _u(rng, 0.7, 1.9)
+    plinth = _u(rng, 0.05, 0.1)
+    parts = [Part("box", {"size": (w, d, h - plinth), "faces": "xXyYZ"}, (0, 0, plinth + (h - plinth) / 2)),
+             Part("box", {"size": (w * 0.96, d * 0.9, plinth), "faces": "xXyY"}, (0, 0, plinth / 2))]
+    doors = 1 if w < 0.7 else 2
+    dw = w / doors
+    for k in range(doors):
+        x = -w / 2 + dw * (k + 0.5)
+        parts.append(Part("box", {"size": (dw * 0.97, 0.02, (h - plinth) * 0.97), "faces": "Y"},
+                          (x, d / 2 + 0.01, plinth + (h - plinth) / 2), keep=True))
+        hx = x - 0.38 * dw if k == 1 else x + 0.38 * dw  # handles beside the seam of two doors
+        parts.append(Part("cyl", {"r": 0.012, "h": _u(rng, 0.1, 0.25)}, (hx, d / 2 + 0.04, plinth + (h - plinth) * 0.45),
+                          keep=True))
+    return parts
 
 
 def obj_monitor(rng):
@@ -406,12 +421,16 @@ def obj_pillow(rng):
 
 
 def obj_sink(rng):
-    w, d = _u(rng, 0.5, 0.8), _u(rng, 0.4, 0.55)
+    """A vanity sink: a counter slab over a cabinet, a basin sunk into the counter and a tall faucet."""
+    w, d = _u(rng, 0.5, 0.9), _u(rng, 0.4, 0.55)
     r = min(w, d) * 0.35
-    return [Part("box", {"size": (w, d, 0.85), "faces": "xXyYz"}, (0, 0, 0.425)),
-            Part("box", {"size": (w, d, 0.03), "faces": "Z"}, (0, 0, 0.85)),
-            Part("ellipsoid", {"radii": (r * 1.2, r, 0.15), "zmax": 0.0}, (0, 0.03, 0.86)),
-            Part("cyl", {"r": 0.015, "h": 0.2, "caps": "t"}, (0, -d / 2 + 0.05, 0.86))]
+    top = _u(rng, 0.8, 0.9)
+    return [Part("box", {"size": (w, d, top - 0.05), "faces": "xXyY"}, (0, 0, (top - 0.05) / 2)),
+            Part("box", {"size": (w + 0.06, d + 0.04, 0.05)}, (0, 0, top - 0.025), keep=True),
+            Part("ellipsoid", {"radii": (r * 1.2, r, _u(rng, 0.12, 0.18)), "zmax": 0.0}, (0, 0.03, top), keep=True),
+            Part("cyl", {"r": 0.015, "h": _u(rng, 0.2, 0.3), "caps": "t"}, (0, -d / 2 + 0.06, top), keep=True),
+            Part("cyl", {"r": 0.012, "h": 0.12, "caps": "t"}, (0, -d / 2 + 0.06, top + 0.22), rot=rot_x(math.pi / 2),
+                 keep=True)]
 
 
 OBJECTS: dict[str, Callable[[np.random.Generator], list[Part]]] = {
@@ -432,8 +451,9 @@ def make_object(name: str, n: int, rng: np.random.Generator, missing: float = 0.
     and (with probability ``missing``) one part left out.
     """
     parts = OBJECTS[name](rng)
-    if len(parts) > 2 and rng.random() < missing:  # a missing part (never the first, main one)
-        parts.pop(int(rng.integers(1, len(parts))))
+    optional = [i for i in range(1, len(parts)) if not parts[i].keep]  # never the first, main one
+    if len(parts) > 2 and optional and rng.random() < missing:  # a missing part
+        parts.pop(int(optional[int(rng.integers(len(optional)))]))
     scale = rng.uniform(0.85, 1.15, 3)
     yaw = rot_z(rng.uniform(-math.pi, math.pi))
     # Oversample, then keep n points with a directional fall-off: a scanner sees one side denser.

@@ -254,3 +254,34 @@ def test_truncated_room_and_missing_root(tmp_path):
         build_dataset({"name": "s3dis", "root": str(tmp_path)}, "test")
     with pytest.raises(FileNotFoundError, match="s3disfull/raw/Area_<k>_<room>.npy.*buildingparser"):
         build_dataset({"name": "s3dis", "root": str(tmp_path / "none")}, "train")
+
+
+COARSE = {"structure": ["ceiling", "floor", "wall", "beam", "column"], "opening": ["window", "door", "board"],
+          "furniture": ["chair", "table", "bookcase", "sofa"], "clutter": ["clutter"]}
+
+
+def test_merge_classes_relabels_crops_and_rooms(synthetic_root):
+    root = str(synthetic_root / "s3disfull")
+    plain = build_dataset({"name": "s3dis", "root": root, "crop_points": 512}, "train", val_fraction=0.0)
+    merged = build_dataset({"name": "s3dis", "root": root, "crop_points": 512, "merge_classes": COARSE}, "train",
+                           val_fraction=0.0)
+    assert merged.num_classes == 4 and merged.class_names == tuple(COARSE)
+    lut = {S3DIS_CLASSES.index(c): new for new, members in enumerate(COARSE.values()) for c in members}
+    fine, coarse = plain[1], merged[1]  # the same item index draws the same crop
+    torch.testing.assert_close(fine["pos"], coarse["pos"])
+    assert coarse["label"].tolist() == [lut[int(v)] for v in fine["label"]]
+    rooms = build_dataset({"name": "s3dis", "root": root, "merge_classes": COARSE}, "test")
+    fine_room, coarse_room = build_dataset({"name": "s3dis", "root": root}, "test")[0], rooms[0]
+    assert rooms.num_classes == 4
+    assert coarse_room.labels.tolist() == [lut[int(v)] for v in fine_room.labels]
+
+
+@pytest.mark.parametrize("groups,message", [
+    ({"a": ["ceiling", "flor"]}, "'flor' is not an S3DIS class"),
+    ({"a": ["ceiling"], "b": ["ceiling"]}, "'ceiling' appears in more than one group"),
+    ({"a": ["ceiling"]}, "leaves S3DIS classes without a group: floor, wall"),
+    ({"a": "ceiling"}, "merge_classes.a must be a non-empty list"),
+])
+def test_merge_classes_errors_name_the_problem(synthetic_root, groups, message):
+    with pytest.raises(ValueError, match=message):
+        build_dataset({"name": "s3dis", "root": str(synthetic_root / "s3disfull"), "merge_classes": groups}, "test")
