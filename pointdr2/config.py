@@ -51,9 +51,15 @@ DEFAULTS: dict[str, Any] = {
         "end_epoch": 20,
         # Update the coefficients every step (fractional epochs) or once per epoch.
         "per_step": True,
-        # Dr2Stack output: "last" (exact at alpha=1, beta=0) or "mean" (reference implementation).
+        # Dr2Stack output: "last" (x_N), "mean" ((x_{N-1}+x_N)/2, the reference implementation) or
+        # "sum" (x_N + beta*(x_{N-1} - x_0): the residual stream when alpha + beta = 1). All but "mean"
+        # are exact at alpha=1, beta=0.
         "output": "last",
-        # Backprop mode of the stacks in dr2net finetuning: auto | reversible.
+        # Where the scaled identity sits: "block" (G(x) = block(x) - (1-alpha)*x, the whole pretrained
+        # block as the residual unit) or "branch" (inside each residual branch, as the reference).
+        "residual": "block",
+        # Backprop mode of the stacks in dr2net finetuning: auto | reversible | exact (plain autograd
+        # through the same surrogate: the control for the reconstruction's gradient error).
         "backprop": "auto",
         # Anchor spacing for reversible mode (null = the whole stack); auto mode chooses its own.
         "cache_every": None,

@@ -11,7 +11,10 @@ A checkpoint written here is a dict (``FORMAT`` marks it as ours)::
      "config": the resolved config as a plain dict}
 
 Only tensors, numbers, strings, lists, tuples and dicts are stored, so ``torch.load`` runs with
-``weights_only=True`` (no arbitrary code from a downloaded file).
+``weights_only=True`` (no arbitrary code from a downloaded file). Every checkpoint the engine reads
+(resume, ``eval``, ``visualize``, ``model.pretrained``) goes through ``load_checkpoint``, which is
+``pointdr2.models.checkpoints.read_checkpoint``: one loading policy for every entry point
+(``POINTDR2_TRUST_CHECKPOINTS=1`` allows full unpickling of a trusted file).
 """
 
 from __future__ import annotations
@@ -70,18 +73,15 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint file as a dict; one-line errors for missing or unreadable files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we can read"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({first[:160]})") from None
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, expected a checkpoint dict")
-    return dict(obj)
+    """Load a checkpoint file as a dict; one-line errors for missing or unreadable files.
+
+    The project's single reader (:func:`pointdr2.models.checkpoints.read_checkpoint`): weights-only
+    unpickling with harmless NumPy globals allowed, full unpickling only with
+    ``POINTDR2_TRUST_CHECKPOINTS=1``.
+    """
+    from pointdr2.models.checkpoints import read_checkpoint
+
+    return read_checkpoint(path, map_location=map_location)
 
 
 def is_own_checkpoint(ckpt: Mapping) -> bool:

@@ -80,11 +80,17 @@ def load_for_eval(cfg: Config, checkpoint: str | os.PathLike, split: str = "test
 
     The model is built from ``cfg.model`` (``num_classes`` from the dataset when unset), the
     weights loaded strictly, and a Dr2Net surrogate rebuilt at the checkpoint's coefficients when
-    the checkpoint was finetuned with ``finetune.mode: dr2net``.
+    the checkpoint was finetuned with ``finetune.mode: dr2net``. An official (foreign) checkpoint is
+    evaluated as published: when its head predicts another number of classes than the config's
+    (the official Point-BERT ScanObjectNN checkpoints have a 40-way head for 15 classes), the model
+    is built with the checkpoint's head size, which is logged; a head with fewer classes than the
+    dataset has is an error.
     """
     from pointdr2.data import build_dataset
+    from pointdr2.engine.checkpoint import is_own_checkpoint, load_checkpoint
     from pointdr2.engine.trainer import build_network, load_model_weights, resolve_device
     from pointdr2.models import build_model
+    from pointdr2.models.checkpoints import checkpoint_num_classes
 
     if split not in ("train", "val", "test"):
         raise ValueError(f"--split must be train, val or test, got {split!r}")
@@ -97,11 +103,30 @@ def load_for_eval(cfg: Config, checkpoint: str | os.PathLike, split: str = "test
     if "num_classes" not in cfg.model:
         cfg.model["num_classes"] = int(dataset.num_classes)
     model = build_model(cfg.model)
-    ckpt = load_model_weights(model, ckpt_path)
+    raw = load_checkpoint(ckpt_path)  # read once, under the one loading policy
+    if not is_own_checkpoint(raw):
+        try:
+            head = checkpoint_num_classes(model, raw, ckpt_path)
+        except ValueError:  # not this model's weights: load_model_weights says so below
+            head = None
+        configured = getattr(model, "num_classes", None)
+        if head is not None and configured is not None and head != int(configured):
+            classes = int(dataset.num_classes)
+            if head < classes:
+                raise ValueError(f"--checkpoint {ckpt_path}: its head predicts {head} classes but dataset "
+                                 f"{cfg.dataset.get('name')!r} has {classes}; it was trained for another label set")
+            log.info("%s has a %d-way head (model.num_classes=%d in the config): evaluating it as published, "
+                     "with model.num_classes=%d (predictions beyond the dataset's %d classes count as wrong)",
+                     ckpt_path, head, int(configured), head, classes)
+            cfg.model["num_classes"] = head
+            model = build_model(cfg.model)
+    ckpt = load_model_weights(model, ckpt_path, checkpoint=raw)
     model.to(device).eval()
     finetune = ckpt.get("finetune") if isinstance(ckpt.get("finetune"), dict) else {"mode": "conventional"}
     if finetune.get("mode") == "dr2net":
-        ft = {"mode": "dr2net", "output": finetune.get("output", "last"), "backprop": "auto"}
+        # checkpoints written before ``finetune.residual`` existed were trained with the branch form
+        ft = {"mode": "dr2net", "output": finetune.get("output", "last"), "residual": finetune.get("residual", "branch"),
+              "backprop": "auto"}
         net = build_network(model, ft, float(finetune["alpha"]), float(finetune["beta"]), train=False).to(device)
         log.info("evaluating the Dr2Net surrogate at alpha=%.3g beta=%.3g (as finetuned)", finetune["alpha"],
                  finetune["beta"])
@@ -177,17 +202,22 @@ def predict_sample(net, dataset, index: int, device: torch.device, max_points: i
     return sample["pos"].numpy(), logits[0].argmax(dim=0).cpu().numpy(), sample["label"].numpy()
 
 
-def _class_colors(dataset, num_classes: int):
+def _class_colors(dataset, num_classes: int, outputs: int = 0):
+    """The dataset's class colours (or a palette), extended for model outputs beyond its classes (an
+    official checkpoint evaluated with its own, wider head)."""
     import numpy as np
 
     from pointdr2.viz import palette
 
+    out = palette(num_classes)
     colors = getattr(dataset, "colors", None)
     if colors is not None:
         colors = np.asarray(colors, dtype=np.float64)
         if colors.ndim == 2 and colors.shape == (num_classes, 3):
-            return colors / 255.0 if colors.max() > 1.0 else colors
-    return palette(num_classes)
+            out = colors / 255.0 if colors.max() > 1.0 else colors
+    if outputs > num_classes:
+        out = np.concatenate([out, palette(outputs)[num_classes:]], axis=0)
+    return out
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
@@ -201,7 +231,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     crop = cfg.dataset.get("crop_points")
     xyz, pred, target = predict_sample(net, dataset, int(args.index), device, int(crop) if crop else None)
     n = len(xyz)
-    colors = _class_colors(dataset, int(dataset.num_classes))
+    colors = _class_colors(dataset, int(dataset.num_classes), int(getattr(net, "num_classes", 0) or 0))
     names = list(getattr(dataset, "class_names", []))
     by = {"pred": lambda: color_by_labels(pred, n, colors), "gt": lambda: color_by_labels(target, n, colors),
           "error": lambda: color_errors(pred, target, n)}

@@ -108,6 +108,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return out.to(tensor.device)
 
 
+def all_gather_object(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` without a process group)."""
+    if not _active():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj, src: int = 0):
     if not _active():
         return obj

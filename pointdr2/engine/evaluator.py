@@ -8,6 +8,7 @@ gives every sample to exactly one process).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -19,7 +20,7 @@ from pointdr2.engine import distributed as dist_utils
 from pointdr2.engine.metrics import ConfusionMatrix
 
 __all__ = ["task_of", "forward_batch", "vote_params", "vote_logits", "evaluate", "amp_context", "is_room_dataset",
-           "default_room_predictor"]
+           "default_room_predictor", "save_items", "load_items"]
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +105,44 @@ def default_room_predictor(max_points: int | None = None) -> Callable:
     return predict
 
 
+def _dataset_classes_only(metrics: dict, num_classes: int) -> dict:
+    """Per-class lists cut to the dataset's classes, their means taken over those (a model output
+    without ground truth is no class of the dataset; its predictions already count as errors)."""
+    out = dict(metrics)
+    for key, mean in (("acc_per_class", "macc"), ("iou_per_class", "miou")):
+        if key in out:
+            values = list(out[key])[:num_classes]
+            present = [v for v in values if not math.isnan(v)]
+            out[key] = values
+            out[mean] = sum(present) / len(present) if present else math.nan
+    return out
+
+
 @torch.no_grad()
 def evaluate(net: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 32, vote: int = 1,
              num_workers: int = 0, amp: str = "none", seed: int = 0, progress: bool = True, desc: str = "eval",
-             room_predictor: Callable | None = None, collate_fn: Callable | None = None) -> dict:
+             room_predictor: Callable | None = None, collate_fn: Callable | None = None, items: bool = False) -> dict:
     """Evaluate ``net`` (in eval mode) on ``dataset``; returns the metrics dict plus ``"confusion"``.
+
+    ``items=True`` adds ``"items"``, the outcome of every test item for paired statistics across runs:
+    ``{"index": int64 [n], "label": int64 [n], "pred": int64 [n]}`` (classification, in dataset order) or
+    ``{"index": int64 [n], "confusion": int64 [n, K, K]}`` (segmentation: one confusion matrix per room
+    or sample).
 
     Classification: ``{"oa", "macc", "acc_per_class", "count"}``; segmentation:
     ``{"miou", "macc", "oa", "iou_per_class", ...}``. Whole-room datasets (``is_room_dataset``) are
     evaluated on every original point with ``room_predictor(net, room, device) -> logits [n, K]``
     (``room.labels [n]`` the ground truth; see :func:`default_room_predictor`).
     In a process group every rank evaluates its shard and the confusion matrices are summed.
+    A model with more outputs than the dataset has classes (an official checkpoint evaluated with its
+    own head, e.g. Point-BERT's 40-way ScanObjectNN head) is scored over all its outputs, as the
+    official code does: a prediction beyond the dataset's classes counts as wrong; per-class
+    metrics cover the dataset's classes.
     """
     num_classes = int(dataset.num_classes)
-    cm = ConfusionMatrix(num_classes)
+    outputs = max(num_classes, int(getattr(net, "num_classes", 0) or 0))
+    cm = ConfusionMatrix(outputs)
+    records: dict[str, list] = {"index": [], "label": [], "pred": [], "confusion": []}
     was_training = net.training
     net.eval()
     rank, world = dist_utils.rank(), dist_utils.world_size()
@@ -132,7 +157,13 @@ def evaluate(net: nn.Module, dataset: Dataset, *, device: torch.device, batch_si
                 with amp_context(device, amp):
                     logits = room_predictor(net, room, device)
                 labels = room.labels if hasattr(room, "labels") else room["label"]
-                cm.update(logits.float().argmax(dim=-1).cpu(), torch.as_tensor(labels))
+                pred = logits.float().argmax(dim=-1).cpu()
+                cm.update(pred, torch.as_tensor(labels))
+                if items:
+                    one = ConfusionMatrix(outputs)
+                    one.update(pred, torch.as_tensor(labels))
+                    records["index"].append(i)
+                    records["confusion"].append(one.matrix)
         else:
             task = task_of(dataset[0])
             if vote > 1 and task != "classification":
@@ -152,10 +183,67 @@ def evaluate(net: nn.Module, dataset: Dataset, *, device: torch.device, batch_si
                     else:
                         logits = forward_batch(net, batch, task, device)
                 cm.update(logits.float().cpu(), batch["label"], class_dim=1)
+                if items:
+                    pred = logits.float().argmax(dim=1).cpu()
+                    records["index"].extend(indices)
+                    if task == "classification":
+                        records["label"].append(batch["label"].reshape(-1).cpu())
+                        records["pred"].append(pred.reshape(-1))
+                    else:
+                        for k in range(pred.shape[0]):
+                            one = ConfusionMatrix(outputs)
+                            one.update(pred[k], batch["label"][k])
+                            records["confusion"].append(one.matrix)
     finally:
         net.train(was_training)
     cm.matrix = dist_utils.all_reduce_sum(cm.matrix)
     metrics = cm.accuracy() if task == "classification" else cm.segmentation()
+    if outputs > num_classes:
+        metrics = _dataset_classes_only(metrics, num_classes)
     metrics["confusion"] = cm.matrix.tolist()
     metrics["task"] = task
+    if items:
+        metrics["items"] = _gather_items(records, task)
     return metrics
+
+
+def _gather_items(records: dict[str, list], task: str) -> dict[str, torch.Tensor]:
+    """This rank's per-item records joined with every other rank's, sorted by dataset index."""
+    mine = {"index": torch.as_tensor(records["index"], dtype=torch.int64)}
+    if task == "classification" and not records["confusion"]:
+        mine["label"] = torch.cat(records["label"]).to(torch.int64) if records["label"] else torch.zeros(0, dtype=torch.int64)
+        mine["pred"] = torch.cat(records["pred"]).to(torch.int64) if records["pred"] else torch.zeros(0, dtype=torch.int64)
+    else:
+        mine["confusion"] = torch.stack(records["confusion"]) if records["confusion"] else torch.zeros(0, 0, 0)
+    parts = dist_utils.all_gather_object(mine)
+    joined = {k: torch.cat([p[k] for p in parts if p[k].numel()]) if any(p[k].numel() for p in parts) else mine[k]
+              for k in mine}
+    order = torch.argsort(joined["index"])
+    return {k: v[order] for k, v in joined.items()}
+
+
+def save_items(path, items: Mapping[str, torch.Tensor]) -> None:
+    """Write per-item test records (see :func:`evaluate`) to ``path`` (.npz), atomically."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: torch.as_tensor(v).numpy() for k, v in items.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_items(path) -> dict:
+    """The per-item test records written by :func:`save_items` as NumPy arrays."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

@@ -1,10 +1,18 @@
-"""Run logging: a log file in the run directory plus TensorBoard scalars, on rank 0 only."""
+"""Run logging on rank 0 only: ``train.log`` for people, TensorBoard scalars, and ``metrics.jsonl``.
+
+``metrics.jsonl`` is the structured record of a run that programs read (the evidence study does): one
+JSON object per line with a ``kind`` ("step", "epoch", "test") and plain numbers, strings, lists and
+dicts; non-finite floats are written as null. A resumed run appends to it, so a step can appear twice
+(the interrupted and the repeated one); readers keep the last record of each step.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["RunLogger", "LOG_FORMAT"]
@@ -21,13 +29,14 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True,
-                 log_name: str = "train.log") -> None:
+                 log_name: str = "train.log", records: str | None = "metrics.jsonl") -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._root = logging.getLogger("pointdr2")
         self._handler: logging.Handler | None = None
         self._old_level = self._root.level
         self.writer = None
+        self._records = None
         if not enabled:
             self._root.setLevel(logging.WARNING)
             return
@@ -42,6 +51,14 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        if records:
+            self._records = open(self.run_dir / records, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def record(self, kind: str, **fields) -> None:
+        """Append one ``{"kind": kind, **fields}`` line to ``metrics.jsonl`` (a no-op off rank 0)."""
+        if self._records is None:
+            return
+        self._records.write(json.dumps({"kind": kind, **_plain(fields)}, allow_nan=False) + "\n")
 
     def scalar(self, tag: str, value, step: int) -> None:
         if self.writer is None or value is None:
@@ -60,12 +77,17 @@ class RunLogger:
             self.writer.add_text(tag, text, step)
 
     def flush(self) -> None:
+        if self._records is not None:
+            self._records.flush()
         if self.writer is not None:
             self.writer.flush()
         if self._handler is not None:
             self._handler.flush()
 
     def close(self) -> None:
+        if self._records is not None:
+            self._records.close()
+            self._records = None
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -80,3 +102,38 @@ class RunLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _plain(obj):
+    """JSON-safe values: finite floats (others -> None), ints, strings, lists and dicts."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    try:
+        value = float(obj)
+    except (TypeError, ValueError):
+        return str(obj)
+    return value if math.isfinite(value) else None
+
+
+def read_records(path: str | os.PathLike, kind: str | None = None) -> list[dict]:
+    """The records of a ``metrics.jsonl`` (only ``kind`` ones if given), in order, the last of each
+    (kind, step/epoch) kept; a torn last line (a run killed mid-write) is skipped."""
+    out: dict[tuple, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(rec, dict) or (kind is not None and rec.get("kind") != kind):
+                continue
+            key = (rec.get("kind"), rec.get("step"), rec.get("epoch"))
+            out.pop(key, None)
+            out[key] = rec
+    return list(out.values())

@@ -62,7 +62,14 @@ from pointdr2.engine.checkpoint import (
     save_atomic,
     seed_everything,
 )
-from pointdr2.engine.evaluator import amp_context, default_room_predictor, evaluate, forward_batch, task_of
+from pointdr2.engine.evaluator import (
+    amp_context,
+    default_room_predictor,
+    evaluate,
+    forward_batch,
+    save_items,
+    task_of,
+)
 from pointdr2.engine.logger import RunLogger
 from pointdr2.engine.memory import SavedTensorMeter, peak_memory_bytes, reset_peak_memory
 from pointdr2.engine.optim import CosineWarmup, build_optimizer
@@ -156,10 +163,17 @@ def _default_dataset_fn(cfg_dataset, split, **kw):
     return build_dataset(cfg_dataset, split, **kw)
 
 
+BACKPROP_MODES = ("auto", "reversible", "exact")
+
+
 def build_network(model: nn.Module, cfg_finetune: Mapping, alpha: float, beta: float, *, train: bool = True) -> nn.Module:
     """The network that is trained (or evaluated): the model itself or its Dr2Net/checkpoint surrogate.
 
-    For evaluation (``train=False``) a dr2net surrogate runs in ``standard`` mode (no backward).
+    ``finetune.backprop``: ``auto`` (the precision guard picks the anchor spacing), ``reversible``
+    (``finetune.cache_every`` fixed) or ``exact`` (the same surrogate and schedule with plain autograd:
+    Dr2Stack mode ``standard``, nothing recomputed; the control that isolates the surrogate's change of
+    function from the reconstruction's gradient error). For evaluation (``train=False``) a dr2net
+    surrogate runs in ``standard`` mode (no backward).
     """
     mode = cfg_finetune["mode"]
     if mode not in FINETUNE_MODES:
@@ -172,9 +186,13 @@ def build_network(model: nn.Module, cfg_finetune: Mapping, alpha: float, beta: f
     if mode == "checkpoint":
         return to_dr2net(model, 1.0, 0.0, mode="checkpoint" if train else "standard", recompute_stem=recompute)
     backprop = str(cfg_finetune.get("backprop", "auto"))
-    if backprop not in ("auto", "reversible"):
-        raise ValueError(f"finetune.backprop must be auto or reversible, got {backprop!r}")
-    kw: dict[str, Any] = {"output": cfg_finetune.get("output", "last")}
+    if backprop not in BACKPROP_MODES:
+        raise ValueError(f"finetune.backprop must be one of {', '.join(BACKPROP_MODES)}, got {backprop!r}")
+    kw: dict[str, Any] = {"output": cfg_finetune.get("output", "last"),
+                          "residual": str(cfg_finetune.get("residual", "block"))}
+    if backprop == "exact":
+        train = False  # plain autograd through the surrogate: stack mode standard, no recomputed stem
+        recompute = False
     if train:
         kw.update(cache_every=cfg_finetune.get("cache_every"), tolerance=float(cfg_finetune.get("tolerance", 1e-4)),
                   recompute_stem=recompute)
@@ -194,43 +212,36 @@ def _coefficient_schedule(cfg_finetune: Mapping):
                                end=float(cfg_finetune["end_epoch"]), shape=str(cfg_finetune["shape"]))
 
 
-def _stacks(net: nn.Module) -> list:
-    try:
-        from pointdr2.reversible import iter_stacks
-    except ImportError:
-        return []
-    return list(iter_stacks(net))
-
-
 def _stack_stats(net: nn.Module) -> dict:
-    """Reconstruction error, cache spacing and mode of the Dr2Stacks after the last backward."""
-    errors, spacings, modes = [], [], []
-    for stack in _stacks(net):
-        err = getattr(stack, "last_reconstruction_error", None)
-        if err is not None:
-            errors.append(float(err))
-        k = getattr(stack, "last_cache_every", None)
-        if k is not None:
-            spacings.append(int(k))
-        modes.append(str(getattr(stack, "last_mode", None) or stack.mode))
-    out: dict = {}
+    """Reconstruction error, anchor spacing and mode of the Dr2Stacks after the last backward:
+    the worst over stacks (for the log line) and every stack's own report (for metrics.jsonl)."""
+    from pointdr2.reversible import stack_reports
+
+    reports = stack_reports(net)
+    if not reports:
+        return {}
+    errors = [r["reconstruction_error"] for r in reports.values() if r["reconstruction_error"] is not None]
+    spacings = [r["cache_every"] for r in reports.values() if r["cache_every"] is not None]
+    out: dict = {"stacks": reports, "backprop_mode": ",".join(sorted({str(r["mode"]) for r in reports.values()}))}
     if errors:
         out["reconstruction_error"] = max(errors)
     if spacings:
         out["cache_every"] = min(spacings)
-    if modes:
-        out["backprop_mode"] = ",".join(sorted(set(modes)))
     return out
 
 
-def load_model_weights(model: nn.Module, path: str | os.PathLike, *, strict_foreign: bool = True) -> dict:
+def load_model_weights(model: nn.Module, path: str | os.PathLike, *, strict_foreign: bool = True,
+                       checkpoint: Mapping | None = None) -> dict:
     """Load a checkpoint into the base ``model`` for evaluation; returns the checkpoint dict.
 
     Own checkpoints load strictly (any key mismatch is an error naming the first offending key);
-    official checkpoints go through ``load_pretrained`` and must leave no key missing.
+    official checkpoints go through ``load_pretrained`` and must leave no key missing, and their
+    head must fit the model (build it with the checkpoint's class count, see
+    :func:`pointdr2.models.checkpoints.checkpoint_num_classes`). ``checkpoint``: the dict already
+    read from ``path`` (not read again).
     """
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    ckpt = dict(checkpoint) if checkpoint is not None else load_checkpoint(path)
     if is_own_checkpoint(ckpt):
         state = ckpt.get("model")
         if not isinstance(state, Mapping):
@@ -251,9 +262,14 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, *, strict_fore
     if not any(k in ckpt for k in ("model", "base_model", "state_dict")) and not all(
             isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise ValueError(f"{path} is not a model checkpoint (top-level keys: {', '.join(list(map(str, ckpt))[:6])})")
-    from pointdr2.models import load_pretrained
+    from pointdr2.models.checkpoints import load_into
 
-    report = load_pretrained(model, path)
+    report = load_into(model, path, checkpoint=ckpt)
+    if report.replaced_head and strict_foreign:
+        n, classes = report.checkpoint_classes, getattr(model, "num_classes", None)
+        hint = (f"evaluate it with model.num_classes={n}" if n is not None and n != classes else
+                "its head layers have other sizes than this config's head")
+        raise ValueError(f"checkpoint {path}: its head does not fit this model ({report.head_mismatch}); {hint}")
     missing = list(getattr(report, "missing", []))
     if missing and strict_foreign:
         raise ValueError(f"checkpoint {path} leaves {len(missing)} model weights unset (first: {missing[0]}); "
@@ -343,7 +359,8 @@ class _Trainer:
         self.main = self.dist.is_main
         if self.force and not self.resume and self.main and self.run_dir.is_dir():
             # --force starts over: stale checkpoints, metrics, log and events of the old run would mislead.
-            removed = [n for n in ("last.pth", "best.pth", "metrics.json", "train.log") if (self.run_dir / n).is_file()]
+            removed = [n for n in ("last.pth", "best.pth", "metrics.json", "metrics.jsonl", "test_items.npz", "train.log")
+                       if (self.run_dir / n).is_file()]
             for name in removed:
                 (self.run_dir / name).unlink()
             if (self.run_dir / "tensorboard").is_dir():
@@ -517,7 +534,7 @@ class _Trainer:
             "best_metric": self.best_metric, "best_epoch": self.best_epoch,
             "metrics": _plain(self.last_metrics),
             "finetune": {"mode": self.cfg.finetune.mode, "alpha": alpha, "beta": beta,
-                         "output": self.cfg.finetune.output},
+                         "output": self.cfg.finetune.output, "residual": self.cfg.finetune.residual},
             "task": self.task,
             "config": self.cfg.to_dict(),
         }
@@ -626,6 +643,7 @@ class _Trainer:
                     stats.update(_stack_stats(self.net))
                     if self.schedule is not None:
                         stats["alpha"], stats["beta"] = self.coefficients
+                    stats["epoch"] = epoch + step / self.steps_per_epoch
                     self._log_step(logger, stats)
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}")
                     samples_since, t_since = 0, time.perf_counter()
@@ -656,17 +674,21 @@ class _Trainer:
         if "backprop_mode" in stats:
             # TensorBoard scalars are numbers: 1 = fully reversible, 0 = anything else (auto/checkpoint).
             logger.scalar("dr2net/reversible", float(stats["backprop_mode"] == "reversible"), step)
+        for name, rep in stats.get("stacks", {}).items():
+            if len(stats["stacks"]) > 1:
+                logger.scalar(f"dr2net/cache_every/{name or 'stack'}", rep["cache_every"], step)
+        logger.record("step", step=step, **{k: v for k, v in stats.items() if k != "backprop_mode"})
         extras = " ".join(f"{k}={_fmt(stats[k])}" for k in ("alpha", "beta", "reconstruction_error", "cache_every",
                                                             "backprop_mode", "activation_bytes") if k in stats)
         log.info("step %d loss %.4f lr %.3g grad_norm %.3g %.1f samples/s %s", step, stats["loss"], stats["lr"],
                  stats["grad_norm"], stats["samples_per_s"], extras)
 
-    def _evaluate(self, dataset, desc: str) -> dict:
+    def _evaluate(self, dataset, desc: str, items: bool = False) -> dict:
         t = self.cfg.train
         return evaluate(self.net, dataset, device=self.device, batch_size=int(self.cfg.eval.batch_size),
                         num_workers=int(t.num_workers), amp=self.amp, seed=int(t.seed),
                         progress=bool(self.cfg.run.progress), desc=desc,
-                        room_predictor=_room_predictor(self.cfg))
+                        room_predictor=_room_predictor(self.cfg), items=items)
 
     # -- main -----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -739,12 +761,15 @@ class _Trainer:
             improved = value > self.best_metric
             if improved:
                 self.best_metric, self.best_epoch = value, epoch + 1
+            logger.record("epoch", epoch=epoch + 1, seconds=seconds, train=self.epoch_train,
+                          **{self.select_split: {k: v for k, v in metrics.items() if k != "task"}})
             log.info("epoch %d/%d: train loss %.4f acc %.2f | %s %s %.2f macc %.2f | best %.2f (epoch %d) | %.1f s",
                      epoch + 1, t.epochs, self.epoch_train["loss"], self.epoch_train["acc"], self.select_split,
                      self.metric_name, value, metrics["macc"], self.best_metric, self.best_epoch, seconds)
             if improved:
                 self._save("best.pth", epoch + 1)
         else:
+            logger.record("epoch", epoch=epoch + 1, seconds=seconds, train=self.epoch_train)
             log.info("epoch %d/%d: train loss %.4f acc %.2f | %.1f s", epoch + 1, t.epochs, self.epoch_train["loss"],
                      self.epoch_train["acc"], seconds)
         self._save("last.pth", epoch + 1)
@@ -762,8 +787,12 @@ class _Trainer:
                 saved = self.coefficients
                 self._set_coefficients(best["finetune"]["alpha"], best["finetune"]["beta"])
             test_set = build_split(self.cfg, "test", self.dataset_fn, float(self.cfg.train.val_fraction))
-            test = self._evaluate(test_set, "test")
+            test = self._evaluate(test_set, "test", items=True)
             test.pop("confusion", None)
+            items = test.pop("items", None)
+            if self.main and items is not None:
+                # per-object predictions / per-room confusion matrices: paired statistics across runs
+                save_items(self.run_dir / "test_items.npz", items)
             self.model.load_state_dict(current)
             if self.schedule is not None:
                 self._set_coefficients(*saved)
@@ -773,6 +802,7 @@ class _Trainer:
                 if key in test:
                     logger.scalar(f"test/{key}", test[key], self.best_epoch)
             result["test"] = _plain(test)
+            logger.record("test", best_epoch=self.best_epoch, **{k: v for k, v in result["test"].items() if k != "task"})
         if self.main:
             (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
         return result.get("test", {})

@@ -49,6 +49,8 @@ MODEL_KEYS: dict[str, Any] = {
     "num_heads": 6,
     "mlp_ratio": 4.0,
     "encoder_dims": None,
+    # Inner width of the mini-PointNet tokenizer (128 in the official layout: 128, 256, 512, 512).
+    "encoder_hidden": 128,
     "reduce_dim": None,
     "num_group": 64,
     "group_size": 32,
@@ -63,6 +65,10 @@ MODEL_KEYS: dict[str, Any] = {
     # transient of one chunk is the step's peak: 4 of 64 groups at batch 32 is ~90 MiB on CPU (8: ~180),
     # and on CPU the chunked passes are no slower than one whole-batch pass.
     "stem_chunk_groups": 4,
+    # FPS of the group centres with pointnet2_ops' origin skip (never picks |p|^2 <= 1e-3 after the
+    # first): what the official Point-BERT / Point-MAE code runs, so their checkpoints see the same
+    # centres. The configs that reproduce them turn it on.
+    "fps_skip_origin": False,
     # Read by the engine, not by the builder.
     "pretrained": None,
 }
@@ -87,7 +93,7 @@ def _check_model_config(cfg: Mapping) -> dict[str, Any]:
         if s[key] is None:
             s[key] = value
     for key in ("num_classes", "in_channels", "trans_dim", "depth", "num_heads", "encoder_dims", "num_group",
-                "group_size", "head_hidden", "stem_chunk_groups"):
+                "group_size", "head_hidden", "stem_chunk_groups", "encoder_hidden"):
         value = s[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"model.{key} must be a positive integer, got {value!r}")
@@ -100,8 +106,9 @@ def _check_model_config(cfg: Mapping) -> dict[str, Any]:
             raise ValueError(f"model.{key} must be a number in [0, 1), got {s[key]!r}")
     if not isinstance(s["mlp_ratio"], (int, float)) or s["mlp_ratio"] <= 0:
         raise ValueError(f"model.mlp_ratio must be a positive number, got {s['mlp_ratio']!r}")
-    if not isinstance(s["reduce_dim"], bool):
-        raise ValueError(f"model.reduce_dim must be true or false, got {s['reduce_dim']!r}")
+    for key in ("reduce_dim", "fps_skip_origin"):
+        if not isinstance(s[key], bool):
+            raise ValueError(f"model.{key} must be true or false, got {s[key]!r}")
     if not s["reduce_dim"] and s["encoder_dims"] != s["trans_dim"]:
         raise ValueError(f"model.encoder_dims ({s['encoder_dims']}) must equal model.trans_dim ({s['trans_dim']}) "
                          "when model.reduce_dim is false")
@@ -114,6 +121,8 @@ class PointTransformer(nn.Module):
     """Point-BERT / Point-MAE finetuning classifier. ``forward(points [B, N, in_channels]) -> [B, K]``."""
 
     family = "point_transformer"
+    head_prefix = "cls_head_finetune."  # the classification head's keys (load_pretrained replaces it
+    # when a checkpoint's head is for another label set)
 
     def __init__(self, cfg: Mapping | None = None, **overrides: Any) -> None:
         super().__init__()
@@ -124,8 +133,8 @@ class PointTransformer(nn.Module):
         self.trans_dim = d = s["trans_dim"]
         self.num_classes = s["num_classes"]
         self.stem_chunk_groups = s["stem_chunk_groups"]
-        self.group_divider = Group(s["num_group"], s["group_size"])
-        self.encoder = PointPatchEncoder(s["in_channels"], s["encoder_dims"])
+        self.group_divider = Group(s["num_group"], s["group_size"], skip_origin=s["fps_skip_origin"])
+        self.encoder = PointPatchEncoder(s["in_channels"], s["encoder_dims"], s["encoder_hidden"])
         self.reduce_dim = nn.Linear(s["encoder_dims"], d) if s["reduce_dim"] else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.cls_pos = nn.Parameter(torch.randn(1, 1, d))
@@ -228,6 +237,28 @@ class PointTransformer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- Dr2Net surrogate
+RESIDUAL_UNITS = ("block", "branch")
+
+
+class TransformerBlockG(nn.Module):
+    """G(x; a) = block(x + pos) - (1 - a)*x: one whole pretrained block as the residual unit.
+
+    The block's residual function is F(x) = block(x + pos) - x (position embedding, attention and MLP
+    branches together), so G(x; 1) is exactly the pretrained block and the identity that alpha scales
+    is the block's own input x.
+    """
+
+    def __init__(self, block: Block) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor, alpha: float, pos: torch.Tensor) -> torch.Tensor:
+        u = x + pos
+        h = u + self.block.attention_branch(u)
+        out = h + self.block.mlp_branch(h)
+        return out if alpha == 1.0 else out - (1.0 - alpha) * x
+
+
 class AttentionSubBlock(nn.Module):
     """G(x; a) = a*u + DropPath(Attn(LN(u))), u = x + pos: block(x + pos)'s first half, identity scaled."""
 
@@ -254,24 +285,30 @@ class MlpSubBlock(nn.Module):
 class PointTransformerDr2(nn.Module):
     """Dr2Net surrogate of a :class:`PointTransformer`, sharing its parameters (no copies).
 
-    The ``depth`` blocks become ``2*depth`` sub-blocks (attention with ``x + pos`` inside, then MLP)
-    of one ``Dr2Stack`` with output "last", followed by the model's final norm and head. At alpha=1,
-    beta=0 it computes exactly the source model. ``recompute_stem=True`` also recomputes the
+    ``residual="block"`` (default): the ``depth`` blocks are the ``depth`` units of one ``Dr2Stack``,
+    each ``G_i(x; a) = block_i(x + pos) - (1 - a)*x`` (:class:`TransformerBlockG`). ``residual="branch"``:
+    the reference implementation's two-stream form, ``2*depth`` sub-blocks (attention with the scaled
+    identity ``a*(x + pos)``, then MLP). The stack's output is ``output`` ("last" by default), followed
+    by the model's final norm and head. At alpha=1, beta=0 it computes exactly the source model. ``recompute_stem=True`` also recomputes the
     grouping gather and tokenizer in the backward pass, in chunks of ``stem_chunk_groups`` groups.
     Same call signature as the model: ``forward(points [B, N, C]) -> logits [B, K]``.
     """
 
     def __init__(self, model: PointTransformer, alpha: float = 1.0, beta: float = 0.1, mode: str = "reversible",
-                 recompute_stem: bool = False, stem_chunk_groups: int | None = None, **stack_kw: Any) -> None:
+                 recompute_stem: bool = False, stem_chunk_groups: int | None = None, residual: str = "branch",
+                 **stack_kw: Any) -> None:
         super().__init__()
         from pointdr2.reversible import Dr2Stack
 
         if not isinstance(model, PointTransformer):
             raise ValueError(f"PointTransformerDr2 wraps a PointTransformer, got {type(model).__name__}")
+        if residual not in RESIDUAL_UNITS:
+            raise ValueError(f"residual must be one of {RESIDUAL_UNITS}, got {residual!r}")
         self.model = model
+        self.residual = residual
         subs: list[nn.Module] = []
         for block in model.blocks.blocks:
-            subs += [AttentionSubBlock(block), MlpSubBlock(block)]
+            subs += [TransformerBlockG(block)] if residual == "block" else [AttentionSubBlock(block), MlpSubBlock(block)]
         stack_kw.setdefault("output", "last")
         self.stack = Dr2Stack(subs, alpha=alpha, beta=beta, mode=mode, **stack_kw)
         self.recompute_stem = bool(recompute_stem)

@@ -80,6 +80,7 @@ DEFAULT_CFG: dict[str, Any] = {
     "head_mlps": None,          # hidden widths of the head (seg: [width]; cls: [512, 256])
     "dropout": 0.5,
     "height_dim": None,         # cls: append points[..., height_dim] - min as a feature if missing
+    "fps_skip_origin": False,   # FPS with pointnet2_ops' origin skip; openpoints' FPS has none
     "pretrained": None,         # consumed by build_model / load_pretrained
 }
 
@@ -164,7 +165,7 @@ class PointNeXtEncoder(nn.Module):
     def __init__(self, *, in_channels: int, width: int, blocks: Sequence[int], strides: Sequence[int],
                  radii: Sequence[Sequence[float]], nsamples: Sequence[Sequence[int]], expansion: int = 4,
                  sa_layers: int = 1, sa_use_res: bool = False, normalize_dp: bool = True,
-                 use_res: bool = True) -> None:
+                 use_res: bool = True, fps_skip_origin: bool = False) -> None:
         super().__init__()
         self.blocks = list(blocks)
         self.strides = list(strides)
@@ -182,7 +183,8 @@ class PointNeXtEncoder(nn.Module):
             is_head = i == 0 and stride == 1
             layers: list[nn.Module] = [SetAbstraction(
                 c_in, c, layers=1 if is_head else sa_layers, stride=stride, radius=radii[i][0],
-                nsample=nsamples[i][0], normalize_dp=normalize_dp, use_res=sa_use_res, is_head=is_head)]
+                nsample=nsamples[i][0], normalize_dp=normalize_dp, use_res=sa_use_res, is_head=is_head,
+                fps_skip_origin=fps_skip_origin)]
             for j in range(1, n):
                 layers.append(InvResMLP(c, radius=radii[i][j], nsample=nsamples[i][j], expansion=expansion,
                                         normalize_dp=normalize_dp, use_res=use_res))
@@ -238,6 +240,7 @@ class PointNeXtSeg(nn.Module):
     """PointNeXt segmentation network: ``forward(pos[B,N,3], feats[B,C,N]) -> logits[B,K,N]``."""
 
     task = "seg"
+    head_prefix = "head."
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__()
@@ -263,8 +266,8 @@ class PointNeXtSeg(nn.Module):
         return self.head(self.decoder(ps, fs))
 
     def convert_state_dict(self, state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """See ``convert_official_state_dict``; an encoder without ``head.*`` expects a new head."""
-        return _expect_new_head(self, convert_official_state_dict(state_dict)[0], "head.")
+        """See ``convert_official_state_dict``; an encoder without its head expects a new head."""
+        return _expect_new_head(self, convert_official_state_dict(state_dict)[0], self.head_prefix)
 
     def dr2net_surrogate(self, alpha: float = 1.0, beta: float = 0.1, mode: str = "reversible",
                          **kw: Any) -> PointNeXtDr2Net:
@@ -282,6 +285,7 @@ class PointNeXtCls(nn.Module):
     """
 
     task = "cls"
+    head_prefix = "prediction."
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__()
@@ -333,7 +337,7 @@ def _build_encoder(cfg: Mapping[str, Any]) -> PointNeXtEncoder:
         radii=stage_radii(cfg),
         nsamples=_per_block(cfg["nsample"], cfg["nsample_scaling"], cfg["blocks"], cfg["strides"], "nsample"),
         expansion=cfg["expansion"], sa_layers=cfg["sa_layers"], sa_use_res=cfg["sa_use_res"],
-        normalize_dp=cfg["normalize_dp"], use_res=cfg["use_res"])
+        normalize_dp=cfg["normalize_dp"], use_res=cfg["use_res"], fps_skip_origin=cfg["fps_skip_origin"])
 
 
 # --------------------------------------------------------------------------- config and registry
@@ -383,7 +387,7 @@ def resolve_config(cfg_model: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"model.nsample must give positive integers, got {cfg['nsample']!r}")
     cfg["nsample"] = [[int(k) for k in stage] for stage in nsamples]
     cfg["nsample_scaling"] = 1
-    for key in ("sa_use_res", "normalize_dp", "use_res"):
+    for key in ("sa_use_res", "normalize_dp", "use_res", "fps_skip_origin"):
         if not isinstance(cfg[key], bool):
             raise ValueError(f"model.{key} must be true or false, got {cfg[key]!r}")
     if not _is_number(cfg["dropout"]) or not 0 <= cfg["dropout"] < 1:
@@ -455,20 +459,31 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> tuple[dict[str
 # --------------------------------------------------------------------------- Dr²Net surrogate
 
 class _InvResBlockG(nn.Module):
-    """Dr2Stack block ``G(f; alpha, p, idx) = ReLU(alpha*f + F(f))`` around one InvResMLP (the
-    post-add ReLU stays inside G: Dr²Net never inverts G). When the stack recomputes the block
-    during backward its BatchNorm layers run on copies of their running statistics, so those see
-    one update per step."""
+    """Dr2Stack unit around one InvResMLP block B (``B(f) = ReLU(f + F(f))``).
 
-    def __init__(self, block: InvResMLP) -> None:
+    ``residual="block"``: ``G(f; alpha) = B(f) - (1 - alpha)*f``, the whole block (post-add ReLU
+    included) as the residual unit. ``residual="branch"``: ``G(f; alpha) = ReLU(alpha*f + F(f))``, the
+    identity scaled inside the ReLU (the form of the method's reference). Both are exactly B at alpha=1;
+    Dr²Net never inverts G. When the stack recomputes the block during backward its BatchNorm layers run
+    on copies of their running statistics, so those see one update per step."""
+
+    def __init__(self, block: InvResMLP, residual: str = "block") -> None:
         super().__init__()
+        if residual not in ("block", "branch"):
+            raise ValueError(f"residual must be one of ('block', 'branch'), got {residual!r}")
         self.block = block
+        self.residual = residual
+
+    def _g(self, f: torch.Tensor, alpha: float, p: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if self.residual == "branch" or alpha == 1.0 or not self.block.use_res:
+            return self.block.scaled(f, alpha, p, idx)
+        return self.block.scaled(f, 1.0, p, idx) - (1.0 - alpha) * f
 
     def forward(self, f: torch.Tensor, alpha: float, p: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if _in_backward():
             with isolated_running_stats(self.block):
-                return self.block.scaled(f, alpha, p, idx)
-        return self.block.scaled(f, alpha, p, idx)
+                return self._g(f, alpha, p, idx)
+        return self._g(f, alpha, p, idx)
 
 
 def _in_backward() -> bool:
@@ -499,14 +514,14 @@ class PointNeXtDr2Net(nn.Module):
     """
 
     def __init__(self, model: nn.Module, alpha: float = 1.0, beta: float = 0.1, mode: str = "reversible", *,
-                 recompute_stem: Optional[bool] = None, **stack_kwargs: Any) -> None:
+                 recompute_stem: Optional[bool] = None, residual: str = "branch", **stack_kwargs: Any) -> None:
         super().__init__()
         from pointdr2.reversible import Dr2Stack
 
         unknown = sorted(set(stack_kwargs) - {"output", "cache_every", "tolerance"})
         if unknown:
             raise ValueError(f"unknown Dr2Net option(s) {', '.join(unknown)} for PointNeXt; expected "
-                             f"recompute_stem, output, cache_every, tolerance")
+                             f"recompute_stem, residual, output, cache_every, tolerance")
         if not isinstance(model, (PointNeXtSeg, PointNeXtCls)):
             raise ValueError(f"PointNeXtDr2Net needs a PointNeXtSeg or PointNeXtCls, got {type(model).__name__}")
         self.task = model.task
@@ -531,7 +546,7 @@ class PointNeXtDr2Net(nn.Module):
             if len(keys) != 1:
                 raise ValueError(f"encoder stage {i}: InvResMLP blocks with different radius/nsample {sorted(keys)} "
                                  f"cannot share one Dr2Stack")
-            stacks[str(i)] = Dr2Stack([_InvResBlockG(b) for b in blocks], alpha=alpha, beta=beta, mode=mode,
+            stacks[str(i)] = Dr2Stack([_InvResBlockG(b, residual) for b in blocks], alpha=alpha, beta=beta, mode=mode,
                                       **stack_kwargs)
         self.stacks = nn.ModuleDict(stacks)
         self._aliases = self._stack_aliases()
@@ -583,9 +598,13 @@ class PointNeXtDr2Net(nn.Module):
         _, fs = self._run_encoder(p, f)
         return self.prediction(self._source.pool(fs[-1]))
 
+    @property
+    def head_prefix(self) -> str:
+        return self.source_type.head_prefix
+
     def convert_state_dict(self, state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """See ``convert_official_state_dict``; an encoder without ``prediction.*`` expects a new head."""
-        return _expect_new_head(self, convert_official_state_dict(state_dict)[0], "prediction.")
+        """See ``convert_official_state_dict``; an encoder without its head expects a new head."""
+        return _expect_new_head(self, convert_official_state_dict(state_dict)[0], self.head_prefix)
 
 
 def _drop_alias_keys(module: PointNeXtDr2Net, state_dict: dict, prefix: str, local_metadata: Any) -> None:

@@ -157,12 +157,13 @@ class SetAbstraction(nn.Module):
       conv drops its ReLU and ``ReLU(out + skipconv(f_centre))`` is returned.
 
     ``forward(p[B,N,3], f[B,C_in,N]) -> (p'[B,S,3], f'[B,C_out,S])`` (``S = 1`` for group-all,
-    where ``p`` is returned unchanged).
+    where ``p`` is returned unchanged). ``fps_skip_origin``: FPS with pointnet2_ops' origin skip
+    (openpoints' own FPS has none, so official PointNeXt checkpoints want ``False``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, layers: int = 1, stride: int = 1,
                  radius: float = 0.1, nsample: int = 32, normalize_dp: bool = True, use_res: bool = False,
-                 is_head: bool = False) -> None:
+                 is_head: bool = False, fps_skip_origin: bool = False) -> None:
         super().__init__()
         if stride < 1:
             raise ValueError(f"SetAbstraction stride must be >= 1, got {stride!r}")
@@ -175,6 +176,7 @@ class SetAbstraction(nn.Module):
         self.radius = float(radius)
         self.nsample = int(nsample)
         self.normalize_dp = bool(normalize_dp)
+        self.fps_skip_origin = bool(fps_skip_origin)
 
         if self.is_head:
             self.convs = nn.Sequential(conv_block(in_channels, out_channels, dim=1, norm=False, act=False))
@@ -199,7 +201,7 @@ class SetAbstraction(nn.Module):
         if n_centres < 1:
             raise ValueError(f"SetAbstraction: {p.shape[1]} points cannot be downsampled by stride {self.stride}")
         with torch.no_grad():
-            centre_idx = ops.furthest_point_sample(p, n_centres)
+            centre_idx = ops.furthest_point_sample(p, n_centres, skip_origin=self.fps_skip_origin)
             new_p = torch.gather(p, 1, centre_idx.unsqueeze(-1).expand(-1, -1, 3))
             idx = ops.ball_query(p, new_p, self.radius, self.nsample)
         return new_p, centre_idx, idx

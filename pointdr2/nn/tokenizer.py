@@ -6,10 +6,12 @@ unchanged). ``PointPatchEncoder`` maps every neighbourhood to one token (module 
 official ``encoder.first_conv`` / ``encoder.second_conv``).
 
 ``recompute_tokens`` runs the encoder so that nothing per point is kept for backward: the
-backward pass recomputes the encoder chunk by chunk over groups. In training mode the encoder's
-BatchNorm layers normalise with statistics of the *whole* batch, which couples all chunks; the
-gradient is still exact, computed in three passes over the chunks (see ``_ChunkedEncoder``).
-Running statistics are updated exactly once per forward, never by the recomputation.
+backward pass recomputes the encoder chunk by chunk over groups. Each of the two BatchNorm layers
+follows its *own* mode, as in the plain forward: in training mode it normalises with statistics
+of the *whole* batch, which couples all chunks (the gradient is still exact, computed in up to
+three passes over the chunks, see ``_ChunkedEncoder``); in eval mode (a frozen BN inside a
+training model) it normalises with its running statistics. Running statistics of training-mode
+BN are updated exactly once per forward, never by the recomputation; frozen ones are never touched.
 """
 
 from __future__ import annotations
@@ -46,18 +48,24 @@ def check_points(points: torch.Tensor, in_channels: int, num_group: int, group_s
 
 
 class Group(nn.Module):
-    """FPS centres + kNN neighbourhoods. No parameters; deterministic (pointdr2.ops semantics)."""
+    """FPS centres + kNN neighbourhoods. No parameters; deterministic (pointdr2.ops semantics).
 
-    def __init__(self, num_group: int, group_size: int) -> None:
+    ``skip_origin``: the centres follow pointnet2_ops' FPS, which never picks a point with
+    ``|p|^2 <= 1e-3`` after the first (the official models were trained with it; see
+    :func:`pointdr2.ops.furthest_point_sample`).
+    """
+
+    def __init__(self, num_group: int, group_size: int, skip_origin: bool = False) -> None:
         super().__init__()
         self.num_group = int(num_group)
         self.group_size = int(group_size)
+        self.skip_origin = bool(skip_origin)
 
     @torch.no_grad()
     def indices(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """points [B, N, C] -> (centre indices int64 [B, G], neighbour indices int64 [B, G, K])."""
         xyz = points[..., :3].contiguous()
-        center_idx = ops.furthest_point_sample(xyz, self.num_group)
+        center_idx = ops.furthest_point_sample(xyz, self.num_group, skip_origin=self.skip_origin)
         center = _take(xyz, center_idx)
         _, knn_idx = ops.knn(center, xyz, self.group_size)
         return center_idx, knn_idx
@@ -97,17 +105,19 @@ class PointPatchEncoder(nn.Module):
     """Mini-PointNet shared over groups: [B, G, K, C] -> tokens [B, G, out_channels].
 
     Conv1d(C,128) BN ReLU Conv1d(128,256); max over points; concat [global, local] (512);
-    Conv1d(512,512) BN ReLU Conv1d(512,out); max over points.
+    Conv1d(512,512) BN ReLU Conv1d(512,out); max over points. ``hidden`` (128 in the official
+    layout) scales every inner width: h, 2h, 4h, 4h.
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 384) -> None:
+    def __init__(self, in_channels: int = 3, out_channels: int = 384, hidden: int = 128) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
+        h = int(hidden)
         self.first_conv = nn.Sequential(
-            nn.Conv1d(in_channels, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1))
+            nn.Conv1d(in_channels, h, 1), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Conv1d(h, 2 * h, 1))
         self.second_conv = nn.Sequential(
-            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, out_channels, 1))
+            nn.Conv1d(4 * h, 4 * h, 1), nn.BatchNorm1d(4 * h), nn.ReLU(inplace=True), nn.Conv1d(4 * h, out_channels, 1))
 
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         b, g, k, c = groups.shape
@@ -177,48 +187,62 @@ class _ChunkedEncoder(torch.autograd.Function):
     channel, which of the K points won the final max (uint8/int16 ``argmax``, [B, G, E]); with it the
     last convolution's backward needs no recomputation of its forward.
 
-    Training-mode BN couples chunks through the batch mean ``mu`` and variance ``var``. With
-    ``g_mu = dL/dmu`` and ``g_var = dL/dvar`` (stats treated as inputs), the exact gradient of a
-    point's pre-BN value h adds ``g_mu / N + g_var * 2 (h - mu) / N``. Backward therefore runs:
-    A) per chunk, recompute up to BN2 and collect g_mu2, g_var2;
+    ``batch_stats = (b1, b2)`` says which BN normalises with batch statistics (training mode);
+    the other uses its running statistics as constants (eval mode, e.g. frozen BN). Batch-statistics
+    BN couples chunks through the batch mean ``mu`` and variance ``var``. With ``g_mu = dL/dmu`` and
+    ``g_var = dL/dvar`` (stats treated as inputs), the exact gradient of a point's pre-BN value h
+    adds ``g_mu / N + g_var * 2 (h - mu) / N``. Backward therefore runs:
+    A) (BN2 on batch stats) per chunk, recompute up to BN2 and collect g_mu2, g_var2;
     B) per chunk, recompute and backprop ``<a2, da2> + <g_mu2, sum h2>/N + <g_var2, sum (h2-mu2)^2>/N``
-       into every parameter and into mu1/var1 (collecting g_mu1, g_var1);
-    C) per chunk, push g_mu1/g_var1 into the first convolution (the only layer before BN1; cheap).
-    With a single chunk there is no coupling to resolve: one recomputation under autograd.
+       into every parameter and (BN1 on batch stats) into mu1/var1 (collecting g_mu1, g_var1);
+    C) (BN1 on batch stats) per chunk, push g_mu1/g_var1 into the first convolution (the only
+       layer before BN1; cheap).
+    With both BN frozen only B runs (chunks are independent). With a single chunk and any BN on
+    batch statistics there is no coupling to resolve: one recomputation under autograd.
     """
 
     @staticmethod
-    def forward(ctx, points, center_idx, knn_idx, chunk, enc, train_bn, *params):  # noqa: ANN001
+    def forward(ctx, points, center_idx, knn_idx, chunk, enc, batch_stats, *params):  # noqa: ANN001
         bn1, bn2 = enc.first_conv[1], enc.second_conv[1]
+        b1, b2 = batch_stats
         eps = (bn1.eps, bn2.eps)
         b, g, k = knn_idx.shape
         slices = _chunks(g, chunk)
-        ctx.chunk, ctx.train_bn, ctx.eps, ctx.n = chunk, train_bn, eps, b * g * k
-        ctx.single = train_bn and len(slices) == 1
+        ctx.chunk, ctx.batch_stats, ctx.eps, ctx.n = chunk, (b1, b2), eps, b * g * k
+        ctx.single = (b1 or b2) and len(slices) == 1
         ctx.autocast = [(dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
                         for dev in dict.fromkeys(("cpu", points.device.type))]
+        # Frozen BN: its running statistics at forward time are constants of this step.
+        run1 = None if b1 else (bn1.running_mean.clone(), bn1.running_var.clone())
+        run2 = None if b2 else (bn2.running_mean.clone(), bn2.running_var.clone())
         with torch.no_grad():
             if ctx.single:
                 x = _chunk_input(points, center_idx, knn_idx, slices[0])
-                out, stats = _single_chunk(x, params, eps, b)
-                for bn, (mean, var) in zip((bn1, bn2), stats):
-                    _update_running(bn, mean, var, ctx.n)
-                ctx.save_for_backward(points, center_idx, knn_idx, *params)
+                out, stats = _single_chunk(x, params, eps, b, run1, run2)
+                for bn, batch, (mean, var) in zip((bn1, bn2), (b1, b2), stats):
+                    if batch and bn.training:
+                        _update_running(bn, mean, var, ctx.n)
+                (mu1, var1), (mu2, var2) = stats
+                ctx.save_for_backward(points, center_idx, knn_idx, mu1, var1, mu2, var2, *params)
                 return out
-            if train_bn:
+            if b1:
                 s1 = _Stats()
                 for sl in slices:
                     s1.add(F.conv1d(_chunk_input(points, center_idx, knn_idx, sl), params[0], params[1]))
                 mu1, var1 = s1.result(points.dtype)
+            else:
+                mu1, var1 = run1
+            if b2:
                 s2 = _Stats()
                 for sl in slices:
                     s2.add(_to_h2(_chunk_input(points, center_idx, knn_idx, sl), params, mu1, var1, eps[0]))
                 mu2, var2 = s2.result(points.dtype)
-                _update_running(bn1, mu1, var1, s1.n)
-                _update_running(bn2, mu2, var2, s2.n)
             else:
-                mu1, var1 = bn1.running_mean.clone(), bn1.running_var.clone()
-                mu2, var2 = bn2.running_mean.clone(), bn2.running_var.clone()
+                mu2, var2 = run2
+            if b1 and bn1.training:
+                _update_running(bn1, mu1, var1, ctx.n)
+            if b2 and bn2.training:
+                _update_running(bn2, mu2, var2, ctx.n)
             outs, args = [], []
             index_dtype = torch.uint8 if k <= 256 else torch.int16 if k <= 32768 else torch.int64
             for sl in slices:
@@ -241,12 +265,14 @@ class _ChunkedEncoder(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, dout):  # noqa: ANN001
         eps, n = ctx.eps, ctx.n
+        b1, b2 = ctx.batch_stats
         if ctx.single:
-            points, center_idx, knn_idx, *params = ctx.saved_tensors
+            points, center_idx, knn_idx, mu1, var1, mu2, var2, *params = ctx.saved_tensors
             leaves = [p.detach().requires_grad_(True) for p in params]
             x = _chunk_input(points, center_idx, knn_idx, slice(None))
             with torch.enable_grad():
-                out, _ = _single_chunk(x, leaves, eps, knn_idx.shape[0])
+                out, _ = _single_chunk(x, leaves, eps, knn_idx.shape[0], None if b1 else (mu1, var1),
+                                       None if b2 else (mu2, var2))
                 grads = torch.autograd.grad(out, leaves, dout, allow_unused=True)
             return (None, None, None, None, None, None, *grads)
 
@@ -275,20 +301,9 @@ class _ChunkedEncoder(torch.autograd.Function):
             grads[10] += w.unsqueeze(2)
             grads[11] += scattered.sum(dim=(0, 2))
 
-        if not ctx.train_bn:
-            # Running statistics: chunks are independent, one recompute-and-backprop pass.
-            for sl in slices:
-                x = _chunk_input(points, center_idx, knn_idx, sl)
-                scattered, da2 = chunk_cotangent(sl)
-                with torch.enable_grad():
-                    a2 = _to_a2(_to_h2(x, leaves, mu1, var1, eps[0]), leaves, mu2, var2, eps[1])
-                    accumulate(torch.autograd.grad(a2, leaves[:10], da2, allow_unused=True))
-                conv_out_grads(scattered, a2.detach())
-            return (None, None, None, None, None, None, *grads)
-
-        # A) dL/dmu2 and dL/dvar2, summed over chunks.
+        # A) dL/dmu2 and dL/dvar2, summed over chunks (BN2 on batch statistics only).
         g_mu2, g_var2 = torch.zeros_like(mu2), torch.zeros_like(var2)
-        for sl in slices:
+        for sl in slices if b2 else ():
             x = _chunk_input(points, center_idx, knn_idx, sl)
             with torch.no_grad():
                 h2 = _to_h2(x, params, mu1, var1, eps[0])
@@ -300,24 +315,28 @@ class _ChunkedEncoder(torch.autograd.Function):
             g_mu2 += gm
             g_var2 += gv
             del h2, da2, a2
-        # B) every parameter (conv1 only its direct part) plus dL/dmu1 and dL/dvar1.
+        # B) every parameter (conv1 only its direct part) plus, with BN1 on batch statistics,
+        # dL/dmu1 and dL/dvar1.
         g_mu1, g_var1 = torch.zeros_like(mu1), torch.zeros_like(var1)
         for sl in slices:
             x = _chunk_input(points, center_idx, knn_idx, sl)
             scattered, da2 = chunk_cotangent(sl)
-            m1, v1 = mu1.detach().requires_grad_(True), var1.detach().requires_grad_(True)
+            m1, v1 = (mu1.detach().requires_grad_(True), var1.detach().requires_grad_(True)) if b1 else (mu1, var1)
             with torch.enable_grad():
                 h2 = _to_h2(x, leaves, m1, v1, eps[0])
                 a2 = _to_a2(h2, leaves, mu2, var2, eps[1])
-                total = (a2 * da2).sum() + _coupling(h2, mu2, g_mu2, g_var2, n)
-                res = torch.autograd.grad(total, [*leaves[:10], m1, v1], allow_unused=True)
-            accumulate(res[:-2])
-            g_mu1 += res[-2]
-            g_var1 += res[-1]
+                total = (a2 * da2).sum()
+                if b2:
+                    total = total + _coupling(h2, mu2, g_mu2, g_var2, n)
+                res = torch.autograd.grad(total, [*leaves[:10], *((m1, v1) if b1 else ())], allow_unused=True)
+            accumulate(res[:10])
+            if b1:
+                g_mu1 += res[10]
+                g_var1 += res[11]
             conv_out_grads(scattered, a2.detach())
             del h2, a2, da2, scattered, total
         # C) the BN1 coupling terms reach only the first convolution (C -> 128).
-        for sl in slices:
+        for sl in slices if b1 else ():
             x = _chunk_input(points, center_idx, knn_idx, sl)
             with torch.enable_grad():
                 h1 = F.conv1d(x, leaves[0], leaves[1])
@@ -325,15 +344,20 @@ class _ChunkedEncoder(torch.autograd.Function):
         return (None, None, None, None, None, None, *grads)
 
 
-def _single_chunk(x: torch.Tensor, p: list[torch.Tensor], eps: tuple[float, float], batch: int
+def _single_chunk(x: torch.Tensor, p: list[torch.Tensor], eps: tuple[float, float], batch: int,
+                  fixed1: tuple[torch.Tensor, torch.Tensor] | None, fixed2: tuple[torch.Tensor, torch.Tensor] | None
                   ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Whole-batch encoder with training-mode BN (batch statistics inside autograd) -> (tokens, stats)."""
+    """Whole-batch encoder -> (tokens, [(mean, var) of BN1, of BN2]).
+
+    A BN with ``fixed`` statistics (mean, var) uses them as constants (eval mode); one without
+    normalises with the batch statistics inside autograd (training mode).
+    """
     k = x.shape[2]
     h1 = F.conv1d(x, p[0], p[1])
-    var1, mu1 = torch.var_mean(h1, dim=(0, 2), correction=0)
+    var1, mu1 = torch.var_mean(h1, dim=(0, 2), correction=0) if fixed1 is None else (fixed1[1], fixed1[0])
     f = F.conv1d(F.relu(_bn(h1, mu1, var1, p[2], p[3], eps[0])), p[4], p[5])
     h2 = F.conv1d(torch.cat([f.max(dim=2, keepdim=True)[0].expand(-1, -1, k), f], dim=1), p[6], p[7])
-    var2, mu2 = torch.var_mean(h2, dim=(0, 2), correction=0)
+    var2, mu2 = torch.var_mean(h2, dim=(0, 2), correction=0) if fixed2 is None else (fixed2[1], fixed2[0])
     out = _from_h2(h2, p, mu2, var2, eps[1], batch)
     return out, [(mu1.detach(), var1.detach()), (mu2.detach(), var2.detach())]
 
@@ -382,15 +406,16 @@ def recompute_tokens(encoder: PointPatchEncoder, points: torch.Tensor, center_id
 
     The encoder runs over chunks of ``chunk_groups`` groups (all samples of the batch at once),
     both in the forward and in the recomputing backward pass, so the transient memory is that of
-    one chunk. Gradients equal those of ``encoder(Group.gather(...)[0])`` (training-mode BN
-    included); BN running statistics are updated once, as by the plain forward. No gradient flows
-    to ``points`` (input data). Costs about two extra encoder forwards in training mode.
+    one chunk. Gradients equal those of ``encoder(Group.gather(...)[0])``: each BatchNorm follows
+    its own ``training`` flag (batch statistics in training mode, running statistics in eval mode,
+    e.g. BN frozen with ``bn.eval()`` inside a training model; mixed modes are fine), and the
+    running statistics of training-mode BN are updated once, as by the plain forward. No gradient
+    flows to ``points`` (input data). Costs up to two extra encoder forwards when a BN trains.
     """
     if chunk_groups < 1:
         raise ValueError(f"chunk_groups must be >= 1, got {chunk_groups}")
-    bn_train = encoder.training
-    for bn in (encoder.first_conv[1], encoder.second_conv[1]):
-        if not bn.training and (bn.running_mean is None or bn.running_var is None):
-            raise ValueError("recompute_tokens: BatchNorm in eval mode needs running statistics")
-    return _ChunkedEncoder.apply(points.detach(), center_idx, knn_idx, int(chunk_groups), encoder, bn_train,
+    # nn.BatchNorm's rule: batch statistics in training mode, or when it keeps no running ones.
+    batch_stats = tuple(bool(bn.training or (bn.running_mean is None and bn.running_var is None))
+                        for bn in (encoder.first_conv[1], encoder.second_conv[1]))
+    return _ChunkedEncoder.apply(points.detach(), center_idx, knn_idx, int(chunk_groups), encoder, batch_stats,
                                  *_param_list(encoder))

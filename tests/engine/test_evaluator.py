@@ -80,3 +80,32 @@ def test_segmentation_batches_use_point_labels():
     assert m["task"] == "segmentation" and m["confusion"] == [[2, 2], [0, 2]]
     assert abs(m["miou"] - 100 * (2 / 4 + 2 / 4) / 2) < 1e-9
     assert task_of({"pos": 1, "feats": 2}) == "segmentation"
+
+
+def test_outputs_beyond_the_dataset_classes_count_as_wrong():
+    """A model with more outputs than the dataset has classes (an official checkpoint's own head):
+    argmax over all outputs, per-class metrics over the dataset's classes (hand-computed)."""
+
+    class Seg(nn.Module):
+        num_classes = 4  # two outputs the dataset has no class for
+
+        def forward(self, pos, feats):
+            # x < 0 -> class 0, 0 <= x < 1.5 -> class 1, x >= 1.5 -> class 3 (not a dataset class)
+            x = pos[..., 0]
+            return torch.stack([-x, 1 - (x - 0.75).abs(), torch.full_like(x, -9.0), x - 1.5], dim=1)
+
+    class SegItems(torch.utils.data.Dataset):
+        num_classes = 2
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            pos = torch.tensor([[-1.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0], [3.0, 0, 0]])
+            return {"pos": pos, "feats": torch.zeros(1, 4), "label": torch.tensor([0, 1, 1, 0])}
+
+    m = evaluate(Seg(), SegItems(), device=torch.device("cpu"), batch_size=1, progress=False)
+    # predictions 0, 1, 3, 3: class 0 has 1 of 2 right (IoU 1/2), class 1 has 1 of 2 right (IoU 1/2)
+    assert abs(m["oa"] - 50.0) < 1e-9 and abs(m["macc"] - 50.0) < 1e-9
+    assert len(m["iou_per_class"]) == 2 and abs(m["miou"] - 50.0) < 1e-9
+    assert m["confusion"][0][3] == 1 and m["confusion"][1][3] == 1

@@ -39,13 +39,16 @@ def _randomise(model: torch.nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------- reference
-def _fps_numpy(xyz: np.ndarray, m: int) -> np.ndarray:
-    """Start at 0; next = argmax of min squared distance (lowest index on ties)."""
+def _fps_numpy(xyz: np.ndarray, m: int, skip_origin: bool = False) -> np.ndarray:
+    """Start at 0; next = argmax of min squared distance (lowest index on ties). ``skip_origin``:
+    pointnet2_ops' kernel, which never picks a point with float32 |p|^2 <= 1e-3 after the first."""
+    p32 = xyz.astype(np.float32)
+    skipped = ((p32 * p32).sum(1, dtype=np.float32) <= 1e-3) if skip_origin else np.zeros(len(xyz), bool)
     chosen = [0]
     mind = np.full(len(xyz), np.inf)
     for _ in range(m - 1):
         mind = np.minimum(mind, ((xyz - xyz[chosen[-1]]) ** 2).sum(1))
-        chosen.append(int(np.argmax(mind)))
+        chosen.append(int(np.argmax(np.where(skipped, -1.0, mind))))
     return np.array(chosen)
 
 
@@ -57,7 +60,7 @@ def _reference_forward(model: PointTransformer, points: torch.Tensor) -> torch.T
     pts = points.double().numpy()
     groups, centers = [], []
     for cloud in pts:
-        cidx = _fps_numpy(cloud[:, :3], G)
+        cidx = _fps_numpy(cloud[:, :3], G, s["fps_skip_origin"])
         c = cloud[cidx, :3]
         d2 = ((c[:, None, :] - cloud[None, :, :3]) ** 2).sum(-1)
         nn_idx = np.argsort(d2, axis=1, kind="stable")[:, :K]
@@ -128,6 +131,50 @@ def test_forward_matches_official_reference(name):
     ref = _reference_forward(model, pts)
     assert out.shape == (3, 5)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["pointmae", "pointbert"])
+def test_fps_skip_origin_gives_pointnet2_ops_centres(name):
+    """Clouds with points at and near the origin: model.fps_skip_origin reproduces the official
+    (pointnet2_ops) centres and logits; without it the origin point can become a centre."""
+    pts = torch.randn(3, 40, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    pts = pts / pts.norm(dim=-1, keepdim=True)  # a shell: the centre is far from every other point
+    pts[:, 5] = 0.0
+    pts[:, 11] = torch.tensor([0.01, -0.02, 0.015], dtype=torch.float64)
+    pts[0, 17] = torch.tensor([0.0, 0.0, 0.04], dtype=torch.float64)  # outside the skip ball
+    official = tiny(name, fps_skip_origin=True).double().eval()
+    _randomise(official)
+    plain = tiny(name).double().eval()
+    plain.load_state_dict(official.state_dict())
+    centres = official.group_divider.indices(pts)[0]
+    for b in range(3):
+        np.testing.assert_array_equal(centres[b].numpy(), _fps_numpy(pts[b].numpy(), 8, skip_origin=True))
+    assert not ((centres == 5) | (centres == 11)).any()
+    assert (plain.group_divider.indices(pts)[0] == 5).any()  # the plain rule picks the origin point
+    with torch.no_grad():
+        torch.testing.assert_close(official(pts), _reference_forward(official, pts), rtol=1e-10, atol=1e-10)
+        assert not torch.allclose(official(pts), plain(pts), atol=1e-6)
+    with pytest.raises(ValueError, match="model.fps_skip_origin must be true or false"):
+        tiny(name, fps_skip_origin="yes")
+
+
+@pytest.mark.parametrize("path", ["configs/modelnet40/pointbert.yaml", "configs/modelnet40/pointmae.yaml",
+                                  "configs/scanobjectnn/pointbert.yaml", "configs/scanobjectnn/pointmae.yaml"])
+def test_reproduction_configs_sample_like_pointnet2_ops(path):
+    """The configs that reproduce official checkpoints use pointnet2_ops' FPS (origin skip) for the
+    group centres and for every fps_subsample transform."""
+    from pathlib import Path
+
+    from pointdr2.config import load_config
+    from pointdr2.data.transforms import FPSSubsample, build_transforms
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / path)
+    assert cfg.model.fps_skip_origin is True
+    model = tiny(cfg.model.name, fps_skip_origin=cfg.model.fps_skip_origin)
+    assert model.group_divider.skip_origin
+    for split in ("train", "test"):
+        fps = [t for t in build_transforms(cfg.dataset.transforms[split]).transforms if isinstance(t, FPSSubsample)]
+        assert all(t.skip_origin for t in fps)
 
 
 def test_extra_input_channels_follow_relative_xyz():

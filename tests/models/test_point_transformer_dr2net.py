@@ -134,3 +134,76 @@ def test_surrogate_rejects_bad_arguments():
         to_dr2net(model, mode="fast")
     with pytest.raises(ValueError, match="no Dr2Net surrogate"):
         to_dr2net(torch.nn.Linear(2, 2))
+
+
+# ----------------------------------------------------------------------------- frozen BatchNorm
+def _freeze(model: torch.nn.Module, which: str) -> torch.nn.Module:
+    """``model.train()``, then BN frozen (``bn.eval()``) as a finetuning recipe would: "all" (every
+    BN, head included), "first"/"second" (one of the tokenizer's two: mixed modes)."""
+    model.train()
+    bns = {"first": [model.encoder.first_conv[1]], "second": [model.encoder.second_conv[1]],
+           "all": [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]}[which]
+    for bn in bns:
+        bn.eval()
+    return model
+
+
+def _buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.named_buffers()}
+
+
+@pytest.mark.parametrize("which", ["all", "first", "second"])
+@pytest.mark.parametrize("chunk", [3, 8])  # several chunks (coupled by batch-statistics BN) and one
+def test_recomputed_tokenizer_follows_each_batchnorm_mode(which, chunk):
+    """Frozen and mixed BN: recompute_tokens == the plain encoder (nn.BatchNorm autograd), float64."""
+    model = _freeze(tiny(in_channels=4).double(), which)
+    _randomise(model)
+    enc = model.encoder
+    pts = torch.randn(3, 40, 4, dtype=torch.float64)
+    center_idx, knn_idx = model.group_divider.indices(pts)
+    dout = torch.randn(3, 8, enc.out_channels, dtype=torch.float64)
+    ref_enc = copy.deepcopy(enc)
+    ref = ref_enc(Group.gather(pts, center_idx, knn_idx)[0])
+    ref_grads = torch.autograd.grad(ref, list(ref_enc.parameters()), dout)
+    out = recompute_tokens(enc, pts, center_idx, knn_idx, chunk)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(out, list(enc.parameters()), dout)
+    for (name, _), g, r in zip(enc.named_parameters(), grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, msg=name)
+    for (name, b), (_, rb) in zip(enc.named_buffers(), ref_enc.named_buffers()):
+        assert torch.equal(b, rb) if "num_batches" in name else torch.allclose(b, rb, rtol=1e-12, atol=1e-12), name
+    frozen = [enc.first_conv[1], enc.second_conv[1]] if which == "all" else \
+        [enc.first_conv[1]] if which == "first" else [enc.second_conv[1]]
+    assert all(int(bn.num_batches_tracked) == 0 for bn in frozen)  # a frozen BN is never updated
+
+
+@pytest.mark.parametrize("which,name,mode,coeffs", [
+    ("all", "pointmae", "checkpoint", (1.0, 0.0)), ("first", "pointmae", "checkpoint", (1.0, 0.0)),
+    ("second", "pointmae", "checkpoint", (1.0, 0.0)), ("all", "pointbert", "checkpoint", (1.0, 0.0)),
+    ("second", "pointmae", "reversible", (0.0, 1.0))])
+def test_training_step_with_frozen_batchnorm_matches_the_plain_path(which, name, mode, coeffs):
+    """A training step with frozen (or partly frozen) BN through the recomputing surrogate (tokenizer
+    recomputed in chunks, blocks checkpointed or reversible) equals the plain path in float64: logits,
+    every parameter gradient, running statistics and num_batches_tracked."""
+    model = tiny(name, depth=2).double()
+    _randomise(model)
+    _freeze(model, which)
+    plain = copy.deepcopy(model)
+    ref_net = plain if mode == "checkpoint" else to_dr2net(plain, *coeffs, mode="standard")
+    pts = torch.randn(4, 40, 3, dtype=torch.float64)
+    w = torch.randn(4, 5, dtype=torch.float64)
+    torch.manual_seed(7)  # same head dropout masks in both runs
+    ref_out = _step(ref_net, plain, pts, w)
+    sur = to_dr2net(model, *coeffs, mode=mode, recompute_stem=True, stem_chunk_groups=3)
+    torch.manual_seed(7)
+    out = _step(sur, model, pts, w)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    ref, got = _grads(plain), _grads(model)
+    assert got.keys() == ref.keys() and len(got) > 20
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-10, atol=1e-10, msg=k)
+    ref_b, got_b = _buffers(plain), _buffers(model)
+    for k in ref_b:
+        assert torch.equal(got_b[k], ref_b[k]) if "num_batches" in k else \
+            torch.allclose(got_b[k], ref_b[k], rtol=1e-12, atol=1e-12), k
+    assert int(model.encoder.first_conv[1].num_batches_tracked) == (0 if which in ("all", "first") else 1)

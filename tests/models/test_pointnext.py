@@ -342,6 +342,9 @@ def test_wrong_input_shapes_raise_value_error():
 def test_shipped_configs_build(path):
     cfg = load_config(REPO / path)
     model = build_pointnext(cfg.model)
+    # openpoints' FPS has no origin skip: the official checkpoints want none
+    assert cfg.model.fps_skip_origin is False
+    assert not any(getattr(m, "fps_skip_origin", False) for m in model.modules())
     if "s3dis" in path:
         assert isinstance(model, PointNeXtSeg) and cfg.dataset.voxel_size == 0.04
         assert cfg.dataset.crop_points == 24000 and cfg.dataset.loop == 30
@@ -349,6 +352,31 @@ def test_shipped_configs_build(path):
         assert cfg.train.lr == 0.01 and cfg.train.epochs == 100 and cfg.finetune.mode == "dr2net"
     else:
         assert isinstance(model, PointNeXtCls) and model.num_classes == 15
+
+
+def test_set_abstraction_fps_skip_origin():
+    """model.fps_skip_origin reaches every downsampling SetAbstraction: its centres are pointnet2_ops'
+    (brute force below), which never picks a point with |p|^2 <= 1e-3 after the first."""
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(2, 64, 3, generator=g)
+    p = p / p.norm(dim=-1, keepdim=True)
+    p[:, 9] = 0.0
+    p[:, 30] = torch.tensor([0.02, 0.0, -0.01])
+    cfg = {"name": "pointnext", "task": "cls", "width": 8, "blocks": [1, 1, 1], "strides": [1, 2, 2],
+           "radius": 0.3, "nsample": 8, "in_channels": 3}
+    skip = build_pointnext({**cfg, "fps_skip_origin": True})
+    plain = build_pointnext(cfg)
+    sa, sa_plain = skip.encoder.encoder[1][0], plain.encoder.encoder[1][0]
+    assert sa.fps_skip_origin and skip.encoder.encoder[2][0].fps_skip_origin and not sa_plain.fps_skip_origin
+    _, centre_idx, _ = sa.sample(p)
+    for b in range(2):
+        xyz = p[b].double().numpy()
+        chosen, mind = [0], np.full(64, np.inf)
+        for _ in range(31):
+            mind = np.minimum(mind, ((xyz - xyz[chosen[-1]]) ** 2).sum(1))
+            chosen.append(int(np.argmax(np.where(np.isin(np.arange(64), [9, 30]), -1.0, mind))))
+        np.testing.assert_array_equal(centre_idx[b].numpy(), chosen)
+    assert (sa_plain.sample(p)[1] == 9).any()  # without the skip the centre point is picked
 
 
 def test_s3dis_config_feeds_the_model(tmp_path):
