@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pointdr2 import __version__
 
@@ -180,9 +181,15 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing demo directory")
 
     def run(args: argparse.Namespace) -> int:
-        from pointdr2.engine.demo import run_demo
+        from pointdr2.study.demo import DemoOptions, run_demo
+        from pointdr2.study.runs import StudyRunError
 
-        return run_demo(args)
+        try:
+            run_demo(DemoOptions(out=Path(args.out), quick=bool(args.quick), force=bool(args.force)))
+        except StudyRunError as exc:
+            print(f"pointdr2 demo: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
 
     p.set_defaults(func=run)
 

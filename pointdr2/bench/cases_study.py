@@ -7,7 +7,8 @@ registers this module as case ``"study"`` of the memory harness and runs the har
 (``pointdr2.bench.memory._worker``: warm-up, timed steps, bytes saved for backward, peak RSS). The
 worker inherits the variable. The spec holds::
 
-    {"model": cfg.model, "dataset": cfg.dataset, "pretrained": path or null, "seed": int}
+    {"model": cfg.model, "dataset": cfg.dataset, "finetune": cfg.finetune, "pretrained": path or null,
+     "seed": int}
 
 ``build_case`` builds ``build_model(spec["model"])`` (pretrained weights loaded when given, so auto
 mode's guard sees the finetuning weights), wraps it as the harness' ``model_for_mode`` does, and
@@ -97,7 +98,7 @@ def build_case(model: str, mode: str, depth: int | None, batch: int, points: int
     net = build_model(model_cfg)
     if spec.get("pretrained"):
         load_pretrained(net, spec["pretrained"])
-    module = model_for_mode(net, mode, alpha, beta, "cases_study").to(device).train()
+    module = model_for_mode(net, mode, alpha, beta, "cases_study", spec.get("finetune")).to(device).train()
     data = study_batch(dataset_cfg, batch, int(spec.get("seed", 0)))
     if "points" in data:
         inputs: tuple[torch.Tensor, ...] = (data["points"].to(device),)

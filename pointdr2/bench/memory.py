@@ -76,18 +76,24 @@ CASE_MODULES = {
 }
 MODES = ("conventional", "checkpoint", "dr2net", "dr2net-auto")
 MEASURES = ("saved", "peak", "time")
-def model_for_mode(net, mode: str, alpha: float, beta: float, case: str):
-    """The module a model case measures in ``mode`` (see the case interface above)."""
-    from pointdr2.models import to_dr2net
+def model_for_mode(net, mode: str, alpha: float, beta: float, case: str, finetune=None):
+    """The module a model case measures in ``mode`` (see the case interface above).
 
-    if mode == "conventional":
-        return net
-    if mode == "checkpoint":
-        return to_dr2net(net, 1.0, 0.0, mode="checkpoint", recompute_stem=True)
-    if mode in ("dr2net", "dr2net-auto"):
-        backprop = "reversible" if mode == "dr2net" else "auto"
-        return to_dr2net(net, alpha, beta, mode=backprop, recompute_stem=True)
-    raise ValueError(f"{case}: unknown mode {mode!r}; expected {', '.join(MODES)}")
+    Built by the trainer's own mapping (``pointdr2.engine.trainer.build_network``) from the config's
+    ``finetune`` defaults updated with ``finetune`` (e.g. a study config's output and residual unit), so a
+    benchmark measures exactly the network ``pointdr2 train`` trains.
+    """
+    from pointdr2.config import DEFAULTS
+    from pointdr2.engine.trainer import build_network
+
+    ft = {**DEFAULTS["finetune"], **dict(finetune or {}), "recompute_stem": True}
+    if mode in ("conventional", "checkpoint"):
+        ft["mode"] = mode
+    elif mode in ("dr2net", "dr2net-auto"):
+        ft.update(mode="dr2net", backprop="reversible" if mode == "dr2net" else "auto", cache_every=None)
+    else:
+        raise ValueError(f"{case}: unknown mode {mode!r}; expected {', '.join(MODES)}")
+    return build_network(net, ft, alpha, beta, train=True)
 
 
 

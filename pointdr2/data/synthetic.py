@@ -42,10 +42,14 @@ LAYOUTS = ("modelnet40-txt", "modelnet40-h5", "scanobjectnn", "s3dis-raw")
 SIZES: dict[str, dict] = {
     "test": {"train": 3, "test": 2, "points": 1024, "txt_points": 1200, "pb_copies": 1,
              "areas": (1, 2, 5), "rooms": 1, "density": 25.0},
-    "demo": {"train": 16, "test": 5, "points": 2048, "txt_points": 2048, "pb_copies": 2,
+    # pointdr2 demo: 1,200 ScanObjectNN training and 600 test objects (ModelNet40: 1,280 / 640)
+    "demo": {"train": 80, "test": 40, "points": 2048, "txt_points": 2048, "pb_copies": 1,
              "areas": (1, 2, 3, 4, 5, 6), "rooms": 2, "density": 250.0},
     "small": {"train": 40, "test": 10, "points": 2048, "txt_points": 4096, "pb_copies": 3,
               "areas": (1, 2, 3, 4, 5, 6), "rooms": 4, "density": 500.0},
+    # the evidence study (pointdr2 bench study): 1,500 ScanObjectNN test objects, 8 test rooms in area 5
+    "study": {"train": 130, "test": 100, "points": 2048, "txt_points": 2048, "pb_copies": 1,
+              "areas": (1, 2, 3, 4, 5, 6), "rooms": 8, "density": 150.0},
 }
 
 

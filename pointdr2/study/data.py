@@ -1,0 +1,58 @@
+"""Stage 1 of the study: synthetic data in the official layouts (``pointdr2.data.synthetic``).
+
+Written once per size into ``<out>/data`` (a marker file records the size; a changed size or
+``--force`` rewrites it). S3DIS rooms are written in the raw Stanford layout and converted by
+``pointdr2 prepare s3dis``'s converter, as a user's data would be.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from pointdr2.data.prepare.s3dis import convert_s3dis
+from pointdr2.data.synthetic import SIZES, write_layout
+
+log = logging.getLogger(__name__)
+
+
+def data_dir(out: Path) -> Path:
+    return Path(out) / "data"
+
+
+def generate(out: Path, size: str, layouts: tuple[str, ...], force: bool = False, seed: int = 0,
+             progress: bool = True) -> dict[str, dict]:
+    """Write every layout in ``layouts`` (skipped when written before with the same size and seed).
+
+    Returns ``{layout: {"seconds": s, "folder": path}}`` for the layouts present afterwards.
+    """
+    data = data_dir(out)
+    data.mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict] = {}
+    for layout in tqdm(layouts, desc="synthetic data", unit="set", leave=False, disable=not progress):
+        marker = data / f".{layout}.json"
+        want = {"size": size, "seed": seed, "sizes": SIZES[size]}
+        if marker.is_file() and not force:
+            have = json.loads(marker.read_text())
+            if {k: have.get(k) for k in want} == json.loads(json.dumps(want)):
+                done[layout] = have
+                continue
+        t0 = time.perf_counter()
+        if layout == "s3dis-raw":
+            raw = data / "s3dis_raw"
+            write_layout(layout, raw, size=size, seed=seed)
+            convert_s3dis(raw, data / "s3dis", overwrite=True, progress=False)
+            folder = data / "s3dis"
+        elif layout == "scanobjectnn":
+            folder, _ = write_layout(layout, data / "scanobjectnn", size=size, seed=seed)
+        else:
+            folder, _ = write_layout(layout, data, size=size, seed=seed)
+        record = {**want, "seconds": time.perf_counter() - t0, "folder": str(folder)}
+        marker.write_text(json.dumps(record, indent=2) + "\n")
+        done[layout] = record
+        log.info("study data: %s (%s) in %.1f s", layout, size, record["seconds"])
+    return done
