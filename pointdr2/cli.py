@@ -119,7 +119,8 @@ def _intermixed(sub: argparse._SubParsersAction, name: str, **kwargs) -> argpars
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = _intermixed(sub, "train", help="finetune / train a model; writes a run directory (run.dir)")
-    p.add_argument("config", metavar="CONFIG", help="config file (path, or relative to configs/)")
+    p.add_argument("config", metavar="CONFIG", nargs="?",
+                   help="config file (path, or relative to configs/); optional with --resume RUN (RUN/config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pth")
     p.add_argument("--force", action="store_true", help="start over in an existing run directory")
@@ -136,9 +137,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = _intermixed(sub, "eval", help="evaluate a checkpoint: OA/mAcc (classification), mIoU/mAcc/OA (segmentation)")
-    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("config", metavar="CONFIG|RUN", nargs="?",
+                   help="config file, or a run directory (its config.yaml and best.pth)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pth / last.pth or an official checkpoint")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="best.pth / last.pth or an official checkpoint (default with RUN: RUN/best.pth; without "
+                        "CONFIG: the config.yaml beside it)")
     p.add_argument("--vote", type=int, metavar="N", help="test-time voting passes (classification; default eval.vote)")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -153,9 +157,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _add_visualize(sub: argparse._SubParsersAction) -> None:
     p = _intermixed(sub, "visualize", help="render a sample coloured by prediction, ground truth or error (PNG + PLY)")
-    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("config", metavar="CONFIG|RUN", nargs="?", help="config file, or a run directory")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--checkpoint", metavar="PATH", help="default with RUN: RUN/best.pth")
     p.add_argument("--index", type=int, default=0, metavar="I", help="sample (or room) index in the split")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--out", default="visualize.png", metavar="FILE.png", help="PNG to write (PLY files beside it)")
@@ -196,10 +200,84 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------- prepare
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    from pointdr2.data.prepare.commands import add_subcommands
-
     p = sub.add_parser("prepare", help="prepare datasets: modelnet40 | scanobjectnn | s3dis | synthetic")
-    add_subcommands(p)
+    _prepare_subcommands(p)
+
+
+def _prepare_subcommands(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+
+    p = which.add_parser("modelnet40", help="write the .dat FPS cache of modelnet40_normal_resampled")
+    p.add_argument("--root", required=True, help="modelnet40_normal_resampled (or the folder holding it)")
+    p.add_argument("--npoints", type=int, default=8192, help="points per shape in the cache (default 8192)")
+    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"])
+    p.add_argument("--device", default="cpu", help="device for furthest point sampling (cpu, cuda, ...)")
+    p.add_argument("--batch-size", type=int, default=16, help="shapes sampled together")
+    p.add_argument("--overwrite", action="store_true", help="rewrite an existing cache")
+    p.set_defaults(func=_run_prepare_modelnet40)
+
+    p = which.add_parser("scanobjectnn", help="locate and check the ScanObjectNN h5 files of every variant")
+    p.add_argument("--root", required=True, help="folder with main_split/ and main_split_nobg/ (or h5_files/)")
+    p.set_defaults(func=_run_prepare_scanobjectnn)
+
+    p = which.add_parser("s3dis", help="convert raw S3DIS Annotations into per-room .npy files")
+    p.add_argument("--raw", required=True, help="Stanford3dDataset_v1.2_Aligned_Version (or its parent)")
+    p.add_argument("--out", required=True, help="output folder (s3disfull); rooms go to OUT/raw/")
+    p.add_argument("--overwrite", action="store_true", help="rewrite rooms already converted")
+    p.set_defaults(func=_run_prepare_s3dis)
+
+    p = which.add_parser("synthetic", help="write synthetic data in an official layout")
+    p.add_argument("--layout", required=True, help="modelnet40-txt | modelnet40-h5 | scanobjectnn | s3dis-raw | all")
+    p.add_argument("--out", required=True, help="output folder (the layout's folder is created inside)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="demo", help="test | demo | small | study (default demo)")
+    p.set_defaults(func=_run_prepare_synthetic)
+
+
+def _run_prepare_modelnet40(args: argparse.Namespace) -> int:
+    from pointdr2.data.prepare.modelnet40 import write_fps_cache
+
+    for path in write_fps_cache(args.root, npoints=args.npoints, splits=tuple(args.splits), device=args.device,
+                                batch_size=args.batch_size, overwrite=args.overwrite):
+        print(f"cache: {path}")
+    return 0
+
+
+def _run_prepare_scanobjectnn(args: argparse.Namespace) -> int:
+    from pointdr2.data.prepare.scanobjectnn import check_scanobjectnn
+
+    rows = check_scanobjectnn(args.root)
+    print(f"{'variant':<10} {'split':<9} {'samples':>7} {'points':>6} {'classes':>7} {'bg':>6}  path")
+    for r in rows:
+        print(f"{r['variant']:<10} {r['split']:<9} {r['samples']:>7} {r['points']:>6} {r['classes']:>7} "
+              f"{r['background']:>6}  {r['path']}")
+    return 0
+
+
+def _run_prepare_s3dis(args: argparse.Namespace) -> int:
+    from pointdr2.data.prepare.s3dis import convert_s3dis
+
+    report = convert_s3dis(args.raw, args.out, overwrite=args.overwrite)
+    print(f"rooms: {len(report.rooms)} written to {args.out}/raw ({report.points} new points)")
+    if report.malformed:
+        print(f"malformed lines skipped: {len(report.malformed)}")
+        for path, line, text in report.malformed:
+            print(f"  {path}:{line}: {text!r}")
+    for path, reason in report.skipped_files:
+        print(f"file skipped: {path}: {reason}")
+    for room, reason in report.skipped_rooms:
+        print(f"room skipped: {room}: {reason}")
+    return 0
+
+
+def _run_prepare_synthetic(args: argparse.Namespace) -> int:
+    from pointdr2.data.synthetic import LAYOUTS, write_layout
+
+    layouts = LAYOUTS if args.layout == "all" else (args.layout,)
+    for layout in layouts:
+        path, seconds = write_layout(layout, args.out, size=args.size, seed=args.seed)
+        print(f"{layout}: {path} ({seconds:.1f} s)")
+    return 0
 
 
 # ----------------------------------------------------------------------------- main

@@ -129,3 +129,29 @@ def test_bad_inputs_give_one_line_errors_and_leave_files_intact(setup, tmp_path,
     after = {p.name: sha(p) for p in run.iterdir() if p.is_file()}
     assert after == before
     assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_a_run_directory_is_enough_for_resume_eval_and_the_printed_hint(setup, capsys, caplog):
+    """Trained with overrides; then every command from the run directory alone, as the hints say."""
+    base, cfg, run = setup
+    run_c = base / "runs" / "c"
+    assert main(["train", str(cfg), f"run.dir={run_c}", "train.lr=0.002", "--stop-after-epochs", "1"]) == 0
+    hint = next(r.getMessage() for r in caplog.records if "continue with:" in r.getMessage())
+    command = hint.split("continue with: ", 1)[1].split()
+    assert command == ["pointdr2", "train", "--resume", str(run_c)]
+    assert main(command[1:]) == 0  # pasted as printed (the overrides live in run_c/config.yaml)
+    assert torch.load(run_c / "last.pth", weights_only=True)["config"]["train"]["lr"] == 0.002
+    capsys.readouterr()
+    assert main(["eval", str(run_c), "--json"]) == 0
+    by_run = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--checkpoint", str(run_c / "best.pth"), "--json"]) == 0
+    by_ckpt = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(cfg), f"run.dir={run_c}", "train.lr=0.002", "--checkpoint", str(run_c / "best.pth"),
+                 "--json"]) == 0
+    by_config = json.loads(capsys.readouterr().out)
+    assert by_run["oa"] == by_ckpt["oa"] == by_config["oa"] and by_run["checkpoint"] == str(run_c / "best.pth")
+    # a directory that is not a run, and a checkpoint with no config beside it, say what is missing
+    _fails(["eval", str(base)], capsys, "not a run directory")
+    lone = base / "lone.pth"
+    lone.write_bytes((run_c / "best.pth").read_bytes())
+    _fails(["eval", "--checkpoint", str(lone)], capsys, "no CONFIG given and no config.yaml beside")

@@ -37,3 +37,18 @@ def test_module_entry_point_and_bad_arguments():
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
     missing = run_cli("bench")
     assert missing.returncode == 2 and "WHAT" in missing.stderr
+
+
+def test_parser_and_version_import_no_torch():
+    """--help, --version and argument errors answer before torch is imported (well under a second)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import pointdr2.cli as c\n"
+            "for argv in (['train'], ['eval'], ['prepare'], ['demo'], ['info'], ['visualize']):\n"
+            "    c.build_parser(argv)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+    version = subprocess.run([sys.executable, "-m", "pointdr2", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("pointdr2 ")

@@ -24,9 +24,57 @@ __all__ = ["cmd_train", "cmd_eval", "cmd_visualize", "load_for_eval", "predict_s
 log = logging.getLogger(__name__)
 
 
+def _split_positional(args: argparse.Namespace) -> None:
+    """``CONFIG`` is optional: a first positional ``key=value`` that names no file is an override."""
+    config = getattr(args, "config", None)
+    if config and "=" in config and not Path(config).exists():
+        args.overrides = [config, *(args.overrides or [])]
+        args.config = None
+
+
+def run_config_file(run_dir: str | os.PathLike) -> Path:
+    """``RUN/config.yaml``: the resolved config of a run, overrides included (FileNotFoundError if absent)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml in it)")
+    return path
+
+
 def _config(args: argparse.Namespace, extra: list[str] | tuple = ()) -> Config:
-    path = find_config(args.config)
-    return load_config(path, list(args.overrides or []) + list(extra))
+    """The config of a command: CONFIG as given, or a run directory's config.yaml (a RUN positional,
+    ``--resume RUN`` or the folder of ``--checkpoint RUN/best.pth``), plus the overrides."""
+    _split_positional(args)
+    overrides = list(args.overrides or []) + list(extra)
+    config = getattr(args, "config", None)
+    if config and Path(config).is_dir():
+        return load_config(run_config_file(config), overrides)
+    if config:
+        return load_config(find_config(config), overrides)
+    resume = getattr(args, "resume", None)
+    if resume:
+        return load_config(run_config_file(resume), overrides)
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint:
+        folder = Path(checkpoint).parent
+        if (folder / "config.yaml").is_file():
+            return load_config(folder / "config.yaml", overrides)
+        raise ValueError(f"no CONFIG given and no config.yaml beside --checkpoint {checkpoint}; pass the config "
+                         "the checkpoint was trained with (pointdr2 eval CONFIG --checkpoint PATH)")
+    raise ValueError("give a CONFIG file or a run directory (e.g. pointdr2 eval runs/xyz, pointdr2 train --resume "
+                     "runs/xyz)")
+
+
+def _checkpoint(args: argparse.Namespace) -> Path:
+    """``--checkpoint``, defaulting to ``RUN/best.pth`` when the positional is a run directory."""
+    if getattr(args, "checkpoint", None):
+        return Path(args.checkpoint)
+    config = getattr(args, "config", None)
+    if config and Path(config).is_dir():
+        for name in ("best.pth", "last.pth"):
+            if (Path(config) / name).is_file():
+                return Path(config) / name
+        raise FileNotFoundError(f"{config} holds no best.pth or last.pth")
+    raise ValueError("--checkpoint PATH is needed with a CONFIG file (or give a run directory instead of CONFIG)")
 
 
 def stopped_training_exit(exc: BaseException, command: str) -> int:
@@ -66,8 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         cleanup()
     if result.stopped_early:
-        log.info("stopped after epoch %d; continue with: pointdr2 train %s --resume %s", result.epochs_done,
-                 args.config, result.run_dir)
+        log.info("stopped after epoch %d; continue with: pointdr2 train --resume %s", result.epochs_done,
+                 result.run_dir)
     else:
         log.info("done: best %s %s %.2f at epoch %d; checkpoints in %s", cfg.train.select_on, result.metric_name,
                  result.best_metric, result.best_epoch, result.run_dir)
@@ -140,10 +188,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pointdr2.engine.evaluator import evaluate
 
     cfg = _config(args)
+    checkpoint = _checkpoint(args)
     vote = int(args.vote) if args.vote is not None else int(cfg.eval.vote)
     if vote < 1:
         raise ValueError(f"--vote must be >= 1, got {vote}")
-    dataset, _, net, _, device = load_for_eval(cfg, args.checkpoint, args.split)
+    dataset, _, net, _, device = load_for_eval(cfg, checkpoint, args.split)
     crop = cfg.dataset.get("crop_points")
     from pointdr2.engine.evaluator import default_room_predictor
 
@@ -152,7 +201,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        progress=bool(cfg.run.progress), desc=f"eval {args.split}",
                        room_predictor=default_room_predictor(int(crop) if crop else None))
     names = list(getattr(dataset, "class_names", [])) or [str(i) for i in range(len(metrics["acc_per_class"]))]
-    out = {"checkpoint": str(args.checkpoint), "split": args.split, "vote": vote, "task": metrics["task"],
+    out = {"checkpoint": str(checkpoint), "split": args.split, "vote": vote, "task": metrics["task"],
            "oa": metrics["oa"], "macc": metrics["macc"], "count": metrics["count"]}
     if metrics["task"] == "segmentation":
         out["miou"] = metrics["miou"]

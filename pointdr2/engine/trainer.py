@@ -708,15 +708,15 @@ class _Trainer:
                     if reason == "signal" and self.step_in_epoch:
                         self._save("last.pth", epoch, self.step_in_epoch)
                         raise TrainingInterrupted(f"interrupted by {stop.requested} in epoch {epoch + 1}; state saved to "
-                                                  f"{self.run_dir / 'last.pth'}; continue with --resume {self.run_dir}")
+                                                  f"{self.run_dir / 'last.pth'}; continue with: pointdr2 train --resume {self.run_dir}")
                     self._end_epoch(epoch, time.perf_counter() - t0, logger)
                     epochs_run += 1
                     if reason == "signal":
                         raise TrainingInterrupted(f"interrupted by {stop.requested} after epoch {epoch + 1}; state saved "
-                                                  f"to {self.run_dir / 'last.pth'}; continue with --resume {self.run_dir}")
+                                                  f"to {self.run_dir / 'last.pth'}; continue with: pointdr2 train --resume {self.run_dir}")
                     if self.stop_after_epochs is not None and epochs_run >= self.stop_after_epochs \
                             and epoch + 1 < int(t.epochs):
-                        log.info("stopping after %d epoch(s) as asked; continue with --resume %s", epochs_run,
+                        log.info("stopping after %d epoch(s) as asked; continue with: pointdr2 train --resume %s", epochs_run,
                                  self.run_dir)
                         stopped = True
                         break

@@ -168,6 +168,13 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
                                                s.grid_alphas, s.grid_betas, s.grid_batch, out / "grad_grid.json",
                                                opts.force, opts.progress)
     study["wall_seconds"] = time.perf_counter() - t_start
+    # a study continued over several invocations (killed, or one track first): the time of every one
+    ledger = out / "invocations.json"
+    calls = json.loads(ledger.read_text()) if ledger.is_file() and not opts.force else []
+    calls.append({"command": opts.command, "seconds": study["wall_seconds"], "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    ledger.write_text(json.dumps(calls, indent=2) + "\n")
+    study["invocations"] = calls
+    study["wall_seconds_total"] = sum(c["seconds"] for c in calls)
     study["machine"] = machine_info()
 
     log.info("[5/5] plots and results.md")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pointdr2.config import find_config, load_config
+from pointdr2.config import find_config
 from pointdr2.study.runs import RunSpec, execute, read_run
 
 __all__ = ["DemoOptions", "run_demo", "SETTINGS"]

@@ -100,8 +100,8 @@ def results_markdown(study: Mapping[str, Any], pngs: Mapping[str, str]) -> str:
              f"- command: `{study['command']}`",
              f"- machine: {m['cpu']} ({m['cpus']} CPUs), torch {m['torch']}, Python {m['python']}; training runs "
              f"{study['workers']} at a time with {study['threads']} thread(s) each, memory and time measured alone",
-             f"- wall time: {study['wall_seconds'] / 60:.1f} min ({'quick' if study['quick'] else 'full'} sizes, "
-             f"{study['seeds']} seeds per mode)",
+             f"- wall time: {study['wall_seconds_total'] / 60:.1f} min over {len(study['invocations'])} invocation(s) "
+             f"({'quick' if study['quick'] else 'full'} sizes, {study['seeds']} seeds per mode)",
              f"- decision rule (fixed before the run): {study['decision_rule']}. Intervals: paired two-level "
              f"bootstrap ({study['bootstrap']} replicates) over seeds and test items (objects / rooms), the same "
              "seeds and items for both modes.", ""]

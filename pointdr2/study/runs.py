@@ -70,7 +70,10 @@ def finished(spec: RunSpec) -> bool:
         saved = yaml.safe_load((d / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return False
-    same = saved == spec.resolved().to_dict()
+    want = spec.resolved().to_dict()
+    if isinstance(saved, dict) and "num_classes" not in want.get("model", {}):
+        saved.get("model", {}).pop("num_classes", None)  # filled in by the trainer from the dataset
+    same = saved == want
     if not same:
         log.warning("%s holds a run of another config; running it again", d)
     return same

@@ -110,7 +110,7 @@ class Settings:
 
 
 def full_settings() -> Settings:
-    return Settings(data_size="study", seeds=3, ablation_seeds=2, ablation_variants=list(VARIANTS),
+    return Settings(data_size="study", seeds=3, ablation_seeds=1, ablation_variants=list(VARIANTS),
                     scratch_control=True)
 
 

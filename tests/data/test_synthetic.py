@@ -104,5 +104,8 @@ def test_written_layouts(synthetic_root):
 def test_cli_synthetic_and_bad_size(tmp_path, capsys):
     assert main(["prepare", "synthetic", "--layout", "modelnet40-h5", "--out", str(tmp_path), "--size", "test"]) == 0
     assert "modelnet40-h5:" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["prepare", "synthetic", "--layout", "nope", "--out", str(tmp_path)])
+    capsys.readouterr()
+    assert main(["prepare", "synthetic", "--layout", "nope", "--out", str(tmp_path)]) == 2
+    assert "--layout must be one of" in capsys.readouterr().err
+    assert main(["prepare", "synthetic", "--layout", "scanobjectnn", "--size", "huge", "--out", str(tmp_path)]) == 2
+    assert "--size must be one of" in capsys.readouterr().err

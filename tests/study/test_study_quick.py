@@ -61,7 +61,7 @@ def test_comparisons_recomputed_from_the_test_items(quick):
         rows = {(c["a"], c["b"]): c for c in track["comparisons"]}
         assert set(rows) == {(a, b) for a, b, _ in COMPARISONS}
         for (a, b), c in rows.items():
-            def metric(mode):
+            def metric(mode, track=track, name=name):
                 values = []
                 for r in track["runs"][mode]:
                     items = _items(r["run_dir"])
