@@ -101,14 +101,10 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
     tracks = [opts.only] if opts.only else list(TRACKS)
     layouts = tuple(dict.fromkeys(lay for t in tracks for lay in TRACKS[t].layouts))
 
-    log.info("[1/5] synthetic data (%s size) in %s", s.data_size, out / "data")
+    log.info("[1/4] synthetic data (%s size) in %s", s.data_size, out / "data")
     data_info = data.generate(out, s.data_size, layouts, opts.force, progress=opts.progress)
 
-    log.info("[2/5] pretraining: %s", ", ".join(tracks))
     pre = {t: plan.pretrain_spec(out, t, s) for t in tracks}
-    execute(list(pre.values()), workers=s.workers, threads=opts.threads, force=opts.force, progress=opts.progress,
-            desc="pretraining")
-
     finetune = {t: plan.finetune_specs(out, t, s) for t in tracks}
     scratch = {t: plan.scratch_spec(out, t, s) for t in tracks} if s.scratch_control else {}
     epochs = {t: int(finetune[t][0].resolved().train.epochs) for t in tracks}
@@ -119,13 +115,12 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
         exact = {sp.meta["seed"]: sp for sp in finetune[t] if sp.meta["mode"] == "dr2net-exact"}
         if "recipe" in variants:
             variants["recipe"] = [exact.get(sp.meta["seed"], sp) for sp in variants["recipe"]]
-    jobs = [sp for t in tracks for sp in finetune[t]] + list(scratch.values())
+    jobs = [*pre.values(), *(sp for t in tracks for sp in finetune[t]), *scratch.values()]
     jobs += [sp for v in ablation.values() for specs in v.values() for sp in specs if sp not in jobs]
-    log.info("[3/5] finetuning: %d runs (%s x %d modes x %d seeds%s%s), %d at a time", len(jobs), ", ".join(tracks),
-             len(MODES), s.seeds, ", scratch controls" if scratch else "", ", recipe ablation" if ablation else "",
-             s.workers)
-    execute(jobs, workers=s.workers, threads=opts.threads, force=opts.force, progress=opts.progress,
-            desc="finetuning")
+    log.info("[2/4] pretraining, then finetuning: %d runs (%s x %d modes x %d seeds%s%s), %d at a time", len(jobs),
+             ", ".join(tracks), len(MODES), s.seeds, ", scratch controls" if scratch else "",
+             ", recipe ablation" if ablation else "", s.workers)
+    execute(jobs, workers=s.workers, threads=opts.threads, force=opts.force, progress=opts.progress, desc="runs")
 
     study: dict[str, Any] = {"command": opts.command, "quick": bool(opts.quick), "seeds": s.seeds,
                              "workers": s.workers, "threads": opts.threads, "bootstrap": s.bootstrap,
@@ -155,7 +150,7 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
                                                                                              track.metric)}
         study["tracks"][t] = entry
 
-    log.info("[4/5] memory and time per mode, memory sweeps, gradient error grid")
+    log.info("[3/4] memory and time per mode, memory sweeps, gradient error grid")
     ft_spec = {t: next(sp for sp in finetune[t] if sp.meta["mode"] == "dr2net") for t in tracks}
     for t in tracks:
         study["tracks"][t]["memory"] = measure.harness_rows(
@@ -163,6 +158,14 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
             s.harness_in_process, opts.threads * s.workers, opts.force, opts.progress)
     study["sweeps"] = measure.sweeps(ft_spec, s.depths, s.points, s.points_batch, out / "sweeps.json", opts.force,
                                      opts.progress)
+    for t in tracks:
+        ft_cfg = ft_spec[t].resolved().finetune
+        variants = {"recipe": {"alpha": list(ft_cfg.alpha), "beta": list(ft_cfg.beta), "output": str(ft_cfg.output),
+                               "residual": str(ft_cfg.residual)},
+                    "reference": {"alpha": [1.0, 0.0], "beta": [0.1, 1.0], "output": "last", "residual": "branch"}}
+        study["tracks"][t]["preservation"] = measure.preservation(pre[t], variants, s.preservation_points,
+                                                                  out / t / "preservation.json", opts.force,
+                                                                  opts.progress)
     if "transformer" in tracks:
         study["grad_grid"] = measure.grad_grid(ft_spec["transformer"], out / "transformer" / "pretrain" / "encoder.pth",
                                                s.grid_alphas, s.grid_betas, s.grid_batch, out / "grad_grid.json",
@@ -177,7 +180,7 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
     study["wall_seconds_total"] = sum(c["seconds"] for c in calls)
     study["machine"] = machine_info()
 
-    log.info("[5/5] plots and results.md")
+    log.info("[4/4] plots and results.md")
     pngs = write_plots(study, out)
     study["plots"] = {k: Path(v).name for k, v in pngs.items()}
     (out / "study.json").write_text(json.dumps(study, indent=2, default=float) + "\n")
@@ -207,6 +210,9 @@ def write_plots(study: dict[str, Any], where: Path) -> dict[str, str]:
                 f"{name}: paired differences of test {metric} ({rows[0]['seeds']} seeds, {rows[0]['items']} items)"))
         if t.get("guard"):
             guard_series[name] = {k: {**g["series"], "depth": g["depth"]} for k, g in t["guard"].items()}
+    pres = {name: t["preservation"] for name, t in study["tracks"].items() if t.get("preservation")}
+    if pres:
+        pngs["preservation"] = str(plots.plot_preservation(where / "preservation.png", pres))
     if guard_series:
         pngs["guard"] = str(plots.plot_guard(where / "guard.png", guard_series))
     sw = study.get("sweeps", {})

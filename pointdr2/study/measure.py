@@ -182,3 +182,42 @@ def grad_grid(spec: RunSpec, encoder: Path, alphas: list[float], betas: list[flo
               "tolerance": float(ft.tolerance)}
     cache.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
     return result
+
+
+def preservation(pre: RunSpec, variants: Mapping[str, Mapping[str, Any]], points: int, cache: Path,
+                 force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """How much of the pretrained function a surrogate keeps before any finetuning.
+
+    The pretrained model with its own head, evaluated on its pretraining task's validation split through the
+    surrogate of each variant (``{"alpha": [a0, a1], "beta": [b0, b1], "output", "residual"}``) at ``points``
+    evenly spaced points of the coefficient schedule (standard mode: no backward). The study's variants are
+    the finetuning config's recipe and the reference implementation's.
+    """
+    from pointdr2.engine.commands import load_for_eval
+    from pointdr2.engine.evaluator import default_room_predictor, evaluate
+    from pointdr2.models import to_dr2net
+
+    if cache.is_file() and not force:
+        return json.loads(cache.read_text())
+    cfg = pre.resolved()
+    dataset, model, _, _, device = load_for_eval(cfg, pre.run_dir / "best.pth", "val")
+    crop = cfg.dataset.get("crop_points")
+    predictor = default_room_predictor(int(crop) if crop else None)
+    metric = "miou" if getattr(dataset, "whole_room", False) else "oa"
+
+    def score(net) -> float:
+        return float(evaluate(net, dataset, device=device, batch_size=int(cfg.eval.batch_size), progress=False,
+                              room_predictor=predictor)[metric])
+
+    result: dict[str, Any] = {"metric": metric, "split": "val", "pretrained": score(model), "variants": {}}
+    ts = [i / (points - 1) for i in range(points)] if points > 1 else [0.0]
+    for name, v in variants.items():
+        (a0, a1), (b0, b1) = v["alpha"], v["beta"]
+        rows = []
+        for t in tqdm(ts, desc=f"preservation {name}", leave=False, disable=not progress):
+            alpha, beta = a0 + (a1 - a0) * t, b0 + (b1 - b0) * t
+            net = to_dr2net(model, alpha, beta, mode="standard", output=v["output"], residual=v["residual"]).eval()
+            rows.append({"t": t, "alpha": alpha, "beta": beta, metric: score(net)})
+        result["variants"][name] = {**{k: v[k] for k in ("alpha", "beta", "output", "residual")}, "points": rows}
+    cache.write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -50,7 +50,8 @@ def finetune_specs(out: Path, track: str, s: Settings) -> list[RunSpec]:
                          f"train.seed={seed}"]
             specs.append(RunSpec(f"{track}/{mode}/seed{seed}", config_path(t.finetune_config), overrides,
                                  Path(out) / track / mode / f"seed{seed}",
-                                 meta={"cost": COST[mode], "seed": seed, "mode": mode, "track": track}))
+                                 meta={"cost": COST[mode], "seed": seed, "mode": mode, "track": track,
+                                       "after": f"{track}/pretrain"}))
     return specs
 
 
@@ -76,6 +77,7 @@ def ablation_specs(out: Path, track: str, s: Settings, epochs: int) -> dict[str,
             folder = name.replace("/", "-").replace("=", "-").replace("+", "plus").replace(">", "gt").replace(" ", "-")
             specs.append(RunSpec(f"{track}/ablation/{name}/seed{seed}", config_path(t.finetune_config), overrides,
                                  Path(out) / track / "ablation" / folder / f"seed{seed}",
-                                 meta={"cost": COST["dr2net-exact"], "seed": seed, "variant": name}))
+                                 meta={"cost": COST["dr2net-exact"], "seed": seed, "variant": name,
+                                       "after": f"{track}/pretrain"}))
         out_specs[name] = specs
     return out_specs

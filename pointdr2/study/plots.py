@@ -184,3 +184,23 @@ def plot_cloud_grid(path: str | Path, tiles: Sequence[Mapping], up_axis: int = 1
     correct = sum(t["pred"] == t["true"] for t in tiles)
     fig.suptitle(f"{title}\n{correct}/{len(tiles)} correct", fontsize=9)
     return _save(fig, path)
+
+
+def plot_preservation(path: str | Path, tracks: Mapping[str, Mapping]) -> Path:
+    """Per track: the pretrained model's validation metric through the surrogate along the schedule, one line
+    per recipe variant, the pretrained model's own value dashed (no finetuning anywhere)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(tracks), figsize=(5.5 * len(tracks), 3.6), squeeze=False)
+    for ax, (name, p) in zip(axes[0], tracks.items()):
+        metric = p["metric"]
+        for variant, v in p["variants"].items():
+            ts = [r["t"] for r in v["points"]]
+            ax.plot(ts, [r[metric] for r in v["points"]], marker="o",
+                    label=f"{variant}: alpha {v['alpha']}, beta {v['beta']}, {v['output']}, {v['residual']}")
+        ax.axhline(p["pretrained"], color="black", ls="--", lw=0.8, label="pretrained model")
+        ax.set_xlabel("schedule progress (0 = start, 1 = alpha, beta at their final values)")
+        ax.set_ylabel(f"val {metric} % before finetuning")
+        ax.set_title(f"{name}: the pretrained function through the surrogate", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return _save(fig, path)

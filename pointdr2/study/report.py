@@ -117,6 +117,13 @@ def results_markdown(study: Mapping[str, Any], pngs: Mapping[str, str]) -> str:
                       f"[{claim['low']:+.2f}, {claim['high']:+.2f}]: {claim['decision']} (margin ±{claim['margin']:g}).**",
                       ""]
         lines += [comparison_table(t), ""]
+        if t.get("preservation"):
+            p = t["preservation"]
+            rows = [[v, ", ".join(f"{r[p['metric']]:.1f}" for r in d["points"])] for v, d in p["variants"].items()]
+            lines += [f"Before any finetuning: the pretrained model ({p['metric']} {p['pretrained']:.2f}% on its own "
+                      f"validation split) through the surrogate at {len(rows[0][1].split(','))} points of the "
+                      "schedule (start ... end):", "", md_table(["variant", f"val {p['metric']} % along the schedule"],
+                                                             rows), ""]
         if f"intervals_{name}" in pngs:
             lines += [f"![{name} intervals]({Path(pngs[f'intervals_{name}']).name})", ""]
         if f"curves_{name}" in pngs:
@@ -135,6 +142,8 @@ def results_markdown(study: Mapping[str, Any], pngs: Mapping[str, str]) -> str:
             ab = t["ablation"]
             lines += ["### Recipe ablation", "", f"dr2net with backprop exact (each variant's change of function "
                       f"alone), {ab['seeds']} seed(s) per variant:", "", ablation_md(ab, TRACKS[name].metric), ""]
+    if "preservation" in pngs:
+        lines += ["## The pretrained function through the surrogate", "", "![preservation](preservation.png)", ""]
     if "guard" in pngs:
         lines += ["## The precision guard over training", "", "![guard](guard.png)", ""]
     for key, title in (("memory_depth", "transformer depth"), ("memory_points", "PointNeXt points per sample")):

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,23 +109,41 @@ def _run_one(spec: RunSpec, threads: int) -> float:
 
 def execute(specs: Sequence[RunSpec], *, workers: int, threads: int, force: bool = False, progress: bool = True,
             desc: str = "runs") -> None:
-    """Run every spec not already finished, ``workers`` at a time (longest expected first)."""
+    """Run every spec not already finished, ``workers`` at a time, longest expected first.
+
+    A spec whose ``meta["after"]`` names another spec's key starts once that one is done (a finetuning
+    waits for its own track's pretraining only).
+    """
     todo = [s for s in specs if force or not finished(s)]
     if not todo:
         return
     todo.sort(key=lambda s: -float(s.meta.get("cost", 1.0)))
+    waiting = {s.key for s in todo}
     bar = tqdm(total=len(todo), desc=desc, unit="run", leave=False, disable=not progress)
     errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(_run_one, s, threads): s for s in todo}
-        for fut in as_completed(futures):
-            spec = futures[fut]
-            try:
-                seconds = fut.result()
-                log.info("study run %s done in %.0f s", spec.key, seconds)
-            except BaseException as exc:  # noqa: BLE001 - reported after the pool drains
-                errors.append(exc)
-            bar.update(1)
+        running: dict = {}
+        while todo or running:
+            ready = [s for s in todo if s.meta.get("after") not in waiting]
+            while ready and len(running) < max(1, workers) and not errors:
+                spec = ready.pop(0)
+                todo.remove(spec)
+                running[pool.submit(_run_one, spec, threads)] = spec
+            if not running:
+                if todo and not errors:
+                    raise StudyRunError(f"runs {', '.join(s.key for s in todo)} wait for runs that are not scheduled")
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                spec = running.pop(fut)
+                try:
+                    log.info("study run %s done in %.0f s", spec.key, fut.result())
+                except BaseException as exc:  # noqa: BLE001 - reported after the running runs end
+                    errors.append(exc)
+                waiting.discard(spec.key)
+                bar.update(1)
+            if errors:
+                todo.clear()
     bar.close()
     if errors:
         raise errors[0]

@@ -107,6 +107,7 @@ class Settings:
     grid_batch: int = 8
     bootstrap: int = 2000
     workers: int = 2
+    preservation_points: int = 5
 
 
 def full_settings() -> Settings:
@@ -128,7 +129,7 @@ def quick_settings() -> Settings:
                   "pointnext": ["train.epochs=1", "finetune.end_epoch=1"]},
         common={"transformer": tiny_transformer, "pointnext": tiny_pointnext},
         harness_steps=1, harness_in_process=True, depths=[2, 4], points=[256, 512], grid_alphas=[1.0, 0.0],
-        grid_betas=[0.1, 1.0], grid_batch=4, bootstrap=200)
+        grid_betas=[0.1, 1.0], grid_batch=4, bootstrap=200, preservation_points=2)
 
 
 def config_path(name: str) -> Path:

@@ -111,7 +111,15 @@ def test_ablation_pngs_and_report(quick):
     assert set(ab["variants"]) == {"recipe", "reference"} and ab["variants"]["recipe"]["minus_recipe"] is None
     from matplotlib.image import imread
 
-    assert {"curves_transformer", "intervals_pointnext", "guard", "memory_depth", "grad_error"} <= set(study["plots"])
+    assert {"curves_transformer", "intervals_pointnext", "guard", "memory_depth", "grad_error",
+            "preservation"} <= set(study["plots"])
+    for name, track in study["tracks"].items():
+        p = track["preservation"]
+        ft = track["finetune_config"]["finetune"]
+        first = p["variants"]["recipe"]["points"][0]
+        assert (first["alpha"], first["beta"]) == (ft["alpha"][0], ft["beta"][0])
+        assert p["variants"]["reference"]["points"][-1]["beta"] == pytest.approx(1.0)
+        assert all(0.0 <= r[p["metric"]] <= 100.0 for v in p["variants"].values() for r in v["points"])
     md = (out / "results.md").read_text(encoding="utf-8")
     assert md == (docs / "results.md").read_text(encoding="utf-8")
     for png in study["plots"].values():
