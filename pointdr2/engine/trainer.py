@@ -304,6 +304,18 @@ class _StopFlag:
         self._old.clear()
 
 
+def loader_workers(requested: int) -> int:
+    """``train.num_workers`` capped at the CPUs this process may use (more only adds contention and
+    torch's warning on every DataLoader)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count() or 1
+    if requested > cpus:
+        log.debug("train.num_workers=%d capped at %d CPUs", requested, cpus)
+    return max(0, min(int(requested), cpus))
+
+
 def _seed_worker(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's worker_init_fn signature
     # torch seeds each worker with base_seed + worker_id (base_seed from the loader's generator,
     # itself seeded from (seed, epoch)); numpy and random follow from it.
@@ -394,7 +406,7 @@ class _Trainer:
 
         self.model = self.model_fn(cfg.model).to(self.device)
         if self.resume:
-            self.ckpt = load_checkpoint(self.run_dir / "last.pth")
+            self.ckpt = _load_resume_checkpoint(self.run_dir)
             if not is_own_checkpoint(self.ckpt):
                 raise ValueError(f"{self.run_dir / 'last.pth'} is not a pointdr2 training checkpoint")
             self._check_resumed_config()
@@ -450,7 +462,7 @@ class _Trainer:
                                                batches_multiple_of=int(t.accumulate))
         self.loader_gen = torch.Generator()
         self.loader = DataLoader(self.train_set, batch_size=self.micro, sampler=self.sampler,
-                                 num_workers=int(t.num_workers), worker_init_fn=_seed_worker,
+                                 num_workers=loader_workers(int(t.num_workers)), worker_init_fn=_seed_worker,
                                  generator=self.loader_gen, pin_memory=self.device.type == "cuda", drop_last=True)
 
         self.start_epoch, self.global_step, self.step_in_epoch = 0, 0, 0
@@ -686,7 +698,7 @@ class _Trainer:
     def _evaluate(self, dataset, desc: str, items: bool = False) -> dict:
         t = self.cfg.train
         return evaluate(self.net, dataset, device=self.device, batch_size=int(self.cfg.eval.batch_size),
-                        num_workers=int(t.num_workers), amp=self.amp, seed=int(t.seed),
+                        num_workers=loader_workers(int(t.num_workers)), amp=self.amp, seed=int(t.seed),
                         progress=bool(self.cfg.run.progress), desc=desc,
                         room_predictor=_room_predictor(self.cfg), items=items)
 
@@ -806,6 +818,23 @@ class _Trainer:
         if self.main:
             (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
         return result.get("test", {})
+
+
+def _load_resume_checkpoint(run_dir: Path) -> dict:
+    """``run_dir/last.pth``; when it is unreadable, the error says so and points at a readable best.pth."""
+    try:
+        return load_checkpoint(run_dir / "last.pth")
+    except ValueError as exc:
+        hint = "start over with --force"
+        best = run_dir / "best.pth"
+        if best.is_file():
+            try:
+                epoch = load_checkpoint(best).get("epoch")
+                hint = (f"{best} (epoch {epoch}) is intact: copy it to last.pth to resume from there "
+                        f"(cp {best} {run_dir / 'last.pth'}), or start over with --force")
+            except ValueError:
+                hint = f"{best} is unreadable too; start over with --force"
+        raise ValueError(f"cannot resume: {exc}; {hint}") from None
 
 
 def _rewind_dataset(dataset, epoch: int, fetched: int) -> None:

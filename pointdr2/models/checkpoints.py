@@ -137,6 +137,28 @@ def _blocking_globals(path: Path, exc: Exception) -> list[str]:
     return names
 
 
+def diagnose_file(path: str | os.PathLike) -> str:
+    """What is wrong with a file that does not load: empty, truncated zip, not a zip or pickle, ..."""
+    import zipfile
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except zipfile.BadZipFile:
+            return f"a truncated or damaged zip archive ({size} bytes; torch.save writes zip archives)"
+        return f"a zip archive with a damaged member ({bad})" if bad else "a zip archive that is not a torch.save file"
+    if head[:1] == b"\x80":
+        return "a legacy pickle that does not unpickle (truncated?)"
+    return f"not a PyTorch file (it starts with {head!r})"
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """``torch.load`` a checkpoint file (onto the CPU by default) under the loading policy above.
 
@@ -167,7 +189,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             raise ValueError(f"{path} could not be unpickled even with {TRUST_ENV}=1 "
                              f"({type(exc2).__name__}: {_first_line(exc2)})") from None
     except Exception as exc:  # noqa: BLE001 - any other failure means the file is not a checkpoint
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        log.debug("%s: %s", path, _first_line(exc))
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {diagnose_file(path)}") from None
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, expected a checkpoint dict or a state dict")
     return dict(obj)
@@ -293,7 +316,10 @@ def load_into(model: nn.Module, path: str | os.PathLike, *, checkpoint: Mapping 
                     ", ".join(report.unexpected_missing))
     expected_here = [k for k in report.missing if k in set(report.expected_missing)]
     if expected_here:
-        log.info("not in the checkpoint (expected, trained from their initialisation): %s", ", ".join(expected_here))
+        heads = sorted({k.split(".")[0] for k in expected_here})
+        log.info("new %s: %d tensors not in the checkpoint, as expected (trained from their initialisation)",
+                 ", ".join(heads), len(expected_here))
+        log.debug("not in the checkpoint (expected): %s", ", ".join(expected_here))
     if report.unexpected:
         log.warning("ignored %d tensors of %s this model does not have: %s", len(report.unexpected), path,
                     ", ".join(report.unexpected[:10]) + (" ..." if len(report.unexpected) > 10 else ""))

@@ -65,3 +65,32 @@ def test_derive_seed_depends_only_on_its_parts():
     assert ck.derive_seed(0, 1, 2) == ck.derive_seed(0, 1, 2)
     assert len({ck.derive_seed(0, e, r) for e in range(5) for r in range(3)}) == 15
     assert 0 <= ck.derive_seed(2**40, 7) < 2**63
+
+
+def test_damaged_checkpoint_files_say_what_is_wrong(tmp_path):
+    from pointdr2.models.checkpoints import read_checkpoint
+
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.zeros(2000)}, good)
+    data = good.read_bytes()
+    cases = {"trunc.pth": (data[: len(data) // 2], "truncated or damaged zip archive"),
+             "empty.pth": (b"", "the file is empty"),
+             "text.pth": (b"hello world", "not a PyTorch file")}
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=message):
+            read_checkpoint(tmp_path / name)
+
+
+def test_resume_from_a_damaged_last_pth_points_at_best_pth(tmp_path):
+    from engine_tiny import blobs_fn, engine_config, tiny_model_fn
+
+    from pointdr2.engine.trainer import train
+
+    run = tmp_path / "run"
+    cfg = ["+model.name=tiny", "finetune.mode=conventional"]
+    train(engine_config(run, "train.epochs=1", *cfg), dataset_fn=blobs_fn(), model_fn=tiny_model_fn())
+    last = run / "last.pth"
+    last.write_bytes(last.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"cannot resume: .*truncated.*best\.pth \(epoch 1\) is intact"):
+        train(engine_config(run, "train.epochs=2", *cfg), resume=True, dataset_fn=blobs_fn(), model_fn=tiny_model_fn())
