@@ -113,7 +113,7 @@ def test_ablation_pngs_and_report(quick):
 
     assert {"curves_transformer", "intervals_pointnext", "guard", "memory_depth", "grad_error",
             "preservation"} <= set(study["plots"])
-    for name, track in study["tracks"].items():
+    for track in study["tracks"].values():
         p = track["preservation"]
         ft = track["finetune_config"]["finetune"]
         first = p["variants"]["recipe"]["points"][0]
