@@ -17,6 +17,17 @@ What each mode keeps for backward (everything else is recomputed one block at a 
   pairs every k+1 blocks, so that no block input is reconstructed over more than k-1 steps and errors
   grow over at most k steps (k=N: no anchors; k=1: every block input, i.e. checkpointing).
 - ``auto``: ``reversible`` with k chosen before each step by :class:`~pointdr2.reversible.precision.PrecisionGuard`.
+
+Taps (``forward(x, *extras, taps=(t1, t2, ...))``) return intermediate states alongside the output, each read
+like the output: ``tap_t = w_N x_t + w_{N-1} x_{t-1} + w_0 x_0`` (:func:`output_weights`; t = 0..N, x_{-1} = x_0),
+so at alpha=1, beta=0 tap t is the pretrained network's output of block t. A head that reads blocks 4, 8 and
+12 (Point-MAE's and Point-BERT's segmentation heads) makes gradients enter the stack in the middle. The
+reversible backward adds each tap's incoming gradient to the adjoints as its walk back reaches them::
+
+    dL/dx_t += w_N dL/dtap_t,    dL/dx_{t-1} += w_{N-1} dL/dtap_t,    dL/dx_0 += w_0 dL/dtap_t
+
+before block t's backward uses dL/dx_t. Nothing more is kept: the tapped tensors are outputs (the head holds
+them anyway), the final pair, anchors and extras as without taps.
 """
 
 from __future__ import annotations
@@ -193,8 +204,8 @@ class _ReversibleFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, stack: Dr2Stack, cache_every: int, n_extras: int, anchor: torch.Tensor, x: torch.Tensor,
-                *extras: Any):
+    def forward(ctx, stack: Dr2Stack, cache_every: int, n_extras: int, taps: tuple[int, ...], anchor: torch.Tensor,
+                x: torch.Tensor, *extras: Any):
         params = [p for p in stack.blocks.parameters() if p.requires_grad]
         alpha, beta, blocks = stack.alpha, stack.beta, stack.blocks
         n = len(blocks)
@@ -204,17 +215,23 @@ class _ReversibleFunction(torch.autograd.Function):
         rng_states = []
         keep = anchor_positions(n, cache_every)
         kept: dict[int, torch.Tensor] = {}
-        prev2 = prev1 = x.to(sd)  # x_{-1}, x_0
+        prev2 = prev1 = x0 = x.to(sd)  # x_{-1}, x_0
         if 0 in keep:
             kept[0] = prev1
+        tapped: dict[int, torch.Tensor] = {}
+        if 0 in taps:
+            tapped[0] = _combine(stack.output, beta, x0, x0, x0)
         for i, block in enumerate(blocks, start=1):
             rng_states.append(_get_rng(x.device))
             g = block(prev1.to(x.dtype), alpha, *extras)  # blocks see x's dtype; streams stay in sd
             cur = beta * prev2 + g.to(sd) if beta != 0 else g.to(sd)
             if i in keep:
                 kept[i] = cur
+            if i in taps:
+                tapped[i] = _combine(stack.output, beta, cur, prev1, x0)
             prev2, prev1 = prev1, cur
-        out = _combine(stack.output, beta, prev1, prev2, x.to(sd))
+        out = _combine(stack.output, beta, prev1, prev2, x0)
+        ctx.taps = taps
         positions = sorted(kept)
         ctx.positions = positions
         ctx.rng_states = rng_states
@@ -227,11 +244,13 @@ class _ReversibleFunction(torch.autograd.Function):
         # parameters are alive anyway and are not activations: kept as an attribute, not saved
         ctx.params = params
         ctx.save_for_backward(prev2, prev1, *[kept[p] for p in positions], *[e for e in extras if torch.is_tensor(e)])
+        if taps:
+            return (out.to(x.dtype), *(tapped[t].to(x.dtype) for t in taps))
         return out.to(x.dtype)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx, grad_out: torch.Tensor, *grad_taps: torch.Tensor):
         stack: Dr2Stack = ctx.stack
         blocks, alpha, beta, k = stack.blocks, ctx.alpha, ctx.beta, ctx.cache_every
         n = len(blocks)
@@ -260,9 +279,25 @@ class _ReversibleFunction(torch.autograd.Function):
         w_n, w_p, w_0 = output_weights(stack.output, beta)
         g_cur = grad_out if w_n == 1.0 else w_n * grad_out
         g_prev = w_p * grad_out if w_p else torch.zeros_like(last2)
+        # a tap at state t reads w_n*x_t + w_p*x_{t-1} + w_0*x_0: its gradient joins those states' adjoints as
+        # the walk back reaches them (x_{-1} and x_0 are the input itself)
+        tap_adjoint: dict[int, torch.Tensor] = {}
+        grad_x0 = w_0 * grad_out if w_0 else None
+        for t, g_t in zip(ctx.taps, grad_taps):
+            if g_t is None:
+                continue
+            g_t = g_t.to(sd)
+            for index, w in ((t, w_n), (t - 1, w_p)):
+                if w:
+                    key = max(index, 0)  # x_{-1} = x_0
+                    tap_adjoint[key] = tap_adjoint[key] + w * g_t if key in tap_adjoint else w * g_t
+            if w_0:
+                grad_x0 = grad_x0 + w_0 * g_t if grad_x0 is not None else w_0 * g_t
         x_prev, x_cur = last2, last1  # (x_{i-1}, x_i) for i = N
         errors: list[torch.Tensor] = []
         for i in range(n, 0, -1):
+            if i in tap_adjoint:
+                g_cur = g_cur + tap_adjoint.pop(i)
             block = blocks[i - 1]
             block_params = [p for p in block.parameters() if id(p) in param_ids]
             with torch.enable_grad(), _replay_rng(ctx.rng_states[i - 1], ctx.device), _replay_autocast(
@@ -294,8 +329,10 @@ class _ReversibleFunction(torch.autograd.Function):
             del g_detached, x_in, gx
 
         grad_x = g_prev + g_cur
-        if w_0:  # the output's direct path from x_0 (= x)
-            grad_x = grad_x + w_0 * grad_out
+        if 0 in tap_adjoint:
+            grad_x = grad_x + tap_adjoint.pop(0)
+        if grad_x0 is not None:  # the output's (and the taps') direct path from x_0 (= x)
+            grad_x = grad_x + grad_x0
         grad_x = grad_x.to(ctx.x_dtype)
         err = float(torch.stack(errors).max()) if errors else None  # one host sync per backward
         stack._record_backward(err, k)
@@ -303,7 +340,7 @@ class _ReversibleFunction(torch.autograd.Function):
             e.grad.to(e.dtype) if ctx.extra_needs_grad[j] and e.grad is not None else None
             for j, e in enumerate(extras)
         ]
-        return (None, None, None, None, grad_x, *out_extras)
+        return (None, None, None, None, None, grad_x, *out_extras)
 
 
 # --------------------------------------------------------------------------- the module
@@ -322,7 +359,8 @@ class Dr2Stack(nn.Module):
         cache_every: anchor spacing k for ``reversible`` (None = N, fully reversible).
         tolerance: relative reconstruction error ``auto`` mode aims to stay under.
 
-    ``forward(x, *extras)``: ``x`` float ``[...]`` (e.g. ``[B, T, C]`` tokens or ``[B, C, N]`` features);
+    ``forward(x, *extras, taps=None)``: ``x`` float ``[...]`` (e.g. ``[B, T, C]`` tokens or ``[B, C, N]`` features);
+    with ``taps`` (state indices 0..N) it returns ``(output, [tap tensors])`` (see the module docstring);
     extras are passed unchanged to every block (a shared position embedding gets the sum of its gradients;
     integer tensors such as neighbour indices pass through). Returns a tensor shaped like x in x's dtype.
     The two streams are kept (and reconstructed) in float32 when x is bf16/fp16; blocks receive their
@@ -396,9 +434,10 @@ class Dr2Stack(nn.Module):
         )
 
     # ---- forward paths
-    def forward(self, x: torch.Tensor, *extras: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *extras: Any, taps: Sequence[int] | None = None):
         if not torch.is_tensor(x) or not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {type(x).__name__}")
+        taps = self._check_taps(taps)
         beta = self.beta
         if not math.isfinite(self.alpha) or not math.isfinite(beta):
             raise ValueError(f"alpha and beta must be finite, got alpha={self.alpha}, beta={beta}")
@@ -414,10 +453,10 @@ class Dr2Stack(nn.Module):
             self.last_reconstruction_error = None
         if mode == "standard" or not needs_graph:
             self.last_mode, self.last_cache_every = "standard", None
-            return self._forward_standard(x, extras)
+            return self._forward_standard(x, extras, taps)
         if mode == "checkpoint":
             self.last_mode, self.last_cache_every = "checkpoint", None
-            return self._forward_checkpoint(x, extras)
+            return self._forward_checkpoint(x, extras, taps)
         if mode == "auto":
             dtype = _stream_dtype(x.dtype)
             if torch.is_autocast_enabled(x.device.type):
@@ -432,28 +471,44 @@ class Dr2Stack(nn.Module):
         self.last_mode = "checkpoint" if (mode == "auto" and k == 1 and n > 1) else "reversible"
         self.last_cache_every = k
         anchor = torch.empty(0, device=x.device, requires_grad=True)
-        return _ReversibleFunction.apply(self, k, len(extras), anchor, x, *extras)
+        result = _ReversibleFunction.apply(self, k, len(extras), taps, anchor, x, *extras)
+        return (result[0], list(result[1:])) if taps else result
 
-    def _forward_standard(self, x: torch.Tensor, extras: tuple) -> torch.Tensor:
+    def _check_taps(self, taps: Sequence[int] | None) -> tuple[int, ...]:
+        if taps is None:
+            return ()
+        n = len(self.blocks)
+        out = tuple(int(t) for t in taps)
+        if any(isinstance(t, bool) or not 0 <= int(t) <= n for t in taps):
+            raise ValueError(f"taps must be state indices in 0..{n} (the state after unit t), got {list(taps)}")
+        return out
+
+    def _forward_standard(self, x: torch.Tensor, extras: tuple, taps: tuple[int, ...] = ()):
+        def unit(block, h):
+            return block(h.to(x.dtype), self.alpha, *extras)
+
+        return self._loop(x, unit, taps)
+
+    def _forward_checkpoint(self, x: torch.Tensor, extras: tuple, taps: tuple[int, ...] = ()):
+        def unit(block, h):
+            return _torch_checkpoint(_OnceStatsBlock(block, self.alpha), h.to(x.dtype), *extras, use_reentrant=False,
+                                     preserve_rng_state=True)
+
+        return self._loop(x, unit, taps)
+
+    def _loop(self, x: torch.Tensor, unit, taps: tuple[int, ...]):
+        """The dual-residual recurrence through autograd (standard and checkpoint modes), with taps."""
         sd = _stream_dtype(x.dtype)
         prev2 = prev1 = x0 = x.to(sd)
-        for block in self.blocks:
-            g = block(prev1.to(x.dtype), self.alpha, *extras).to(sd)
+        tapped = {0: _combine(self.output, self.beta, x0, x0, x0)} if 0 in taps else {}
+        for i, block in enumerate(self.blocks, start=1):
+            g = unit(block, prev1).to(sd)
             cur = self.beta * prev2 + g if self.beta != 0 else g
+            if i in taps:
+                tapped[i] = _combine(self.output, self.beta, cur, prev1, x0)
             prev2, prev1 = prev1, cur
-        return _combine(self.output, self.beta, prev1, prev2, x0).to(x.dtype)
-
-    def _forward_checkpoint(self, x: torch.Tensor, extras: tuple) -> torch.Tensor:
-        sd = _stream_dtype(x.dtype)
-        prev2 = prev1 = x0 = x.to(sd)
-        for block in self.blocks:
-            g = _torch_checkpoint(
-                _OnceStatsBlock(block, self.alpha), prev1.to(x.dtype), *extras, use_reentrant=False,
-                preserve_rng_state=True,
-            ).to(sd)
-            cur = self.beta * prev2 + g if self.beta != 0 else g
-            prev2, prev1 = prev1, cur
-        return _combine(self.output, self.beta, prev1, prev2, x0).to(x.dtype)
+        out = _combine(self.output, self.beta, prev1, prev2, x0).to(x.dtype)
+        return (out, [tapped[t].to(x.dtype) for t in taps]) if taps else out
 
     def report(self) -> dict[str, Any]:
         """What the last forward and backward did: ``mode`` ("standard" | "checkpoint" | "reversible";

@@ -453,3 +453,83 @@ def test_no_grad_forward_equals_reference_and_keeps_nothing():
         ref = reference(blocks, x, 0.4, 0.7, pos)
     assert y.grad_fn is None
     assert torch.allclose(y, ref, rtol=0, atol=1e-14)
+
+
+# --------------------------------------------------------------------------- taps
+def _reference_with_taps(blocks, x, alpha, beta, pos, output, taps):
+    states = [x, x]  # x_{-1}, x_0
+    for b in blocks:
+        states.append(beta * states[-2] + b(states[-1], alpha, pos))
+
+    def read(t):  # state t (= states[t + 1]) read like the output
+        cur, prev = states[t + 1], states[t]
+        if output == "sum":
+            return cur + beta * (prev - x)
+        return cur if output == "last" else 0.5 * (cur + prev)
+
+    return read(len(blocks)), [read(t) for t in taps]
+
+
+def _tapped_loss(out, taps):
+    total = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum()
+    for j, t in enumerate(taps):
+        total = total + (j + 2) * (t * torch.cos(torch.arange(t.numel(), dtype=t.dtype)).reshape(t.shape)).sum()
+    return total
+
+
+@pytest.mark.parametrize("output", ["last", "sum", "mean"])
+@pytest.mark.parametrize("cache_every", [None, 3])
+def test_taps_feed_gradients_into_the_middle_of_the_stack(output, cache_every):
+    """Taps at the input, the first, a middle and the last unit: gradients of every mode equal autograd's on
+    the written-out recurrence (float64, 1e-6 over every input and parameter)."""
+    d, n, alpha, beta = 8, 12, 0.3, 0.7
+    blocks = [b.double() for b in make_blocks(n, d)]
+    stack = Dr2Stack(blocks, alpha=alpha, beta=beta, output=output, cache_every=cache_every).double()
+    x, pos = inputs(d)
+    taps = (0, 1, 6, 12)
+    ref = grads_of(lambda a, p: _tapped_loss(*_reference_with_taps(blocks, a, alpha, beta, p, output, taps)), stack,
+                   x, pos)
+    for mode in ("standard", "checkpoint", "reversible", "auto"):
+        stack.mode = mode
+        got = grads_of(lambda a, p: _tapped_loss(*stack(a, p, taps=taps)), stack, x, pos)
+        assert max_rel(got, ref) < 1e-6, mode
+        out, tapped = stack(x, pos, taps=taps)
+        ref_out, ref_taps = _reference_with_taps(blocks, x, alpha, beta, pos, output, taps)
+        assert torch.allclose(out, ref_out, atol=1e-12) and all(torch.allclose(a, b, atol=1e-12)
+                                                                for a, b in zip(tapped, ref_taps))
+
+
+def test_taps_in_float32_within_the_guard_tolerance_and_at_alpha1_beta0_the_block_outputs():
+    d, n = 8, 12
+    blocks = make_blocks(n, d)
+    x, pos = inputs(d, torch.float32)
+    stack = Dr2Stack(blocks, alpha=0.0, beta=1.0, output="sum", mode="auto")
+    taps = (4, 8, 12)
+    ref = grads_of(lambda a, p: _tapped_loss(*_reference_with_taps(blocks, a, 0.0, 1.0, p, "sum", taps)), stack,
+                   x, pos)
+    got = grads_of(lambda a, p: _tapped_loss(*stack(a, p, taps=taps)), stack, x, pos)
+    assert max_rel(got, ref) < 10 * stack.tolerance
+    # the pretrained network's block outputs (Point-MAE's fetch_idx) at alpha=1, beta=0
+    exact = Dr2Stack(blocks, alpha=1.0, beta=0.0, output="sum", mode="standard")
+    _, tapped = exact(x, pos, taps=taps)
+    y, plain = x, {}
+    for i, b in enumerate(blocks, start=1):
+        y = y + b.fn(y, pos)
+        plain[i] = y
+    assert all(torch.equal(t, plain[k]) for t, k in zip(tapped, taps))
+
+
+def test_taps_keep_nothing_more_than_the_tapped_tensors():
+    d, n = 8, 12
+    blocks = make_blocks(n, d)
+    x, pos = inputs(d, torch.float32)
+    stack = Dr2Stack(blocks, alpha=0.0, beta=1.0, output="sum", mode="reversible")
+    plain = saved_bytes(lambda: stack(x, pos), stack)
+    def with_taps():
+        out, taps = stack(x, pos, taps=(4, 8, 12))
+        return out.sum() + sum(t.sum() for t in taps)  # sums save nothing for backward
+
+    tapped = saved_bytes(with_taps, stack)
+    assert tapped == plain  # the taps are outputs (the head holds them), not saved activations
+    with pytest.raises(ValueError, match="taps must be state indices in 0..12"):
+        stack(x, pos, taps=(13,))
