@@ -73,6 +73,7 @@ from pointdr2.engine.evaluator import (
 from pointdr2.engine.logger import RunLogger
 from pointdr2.engine.memory import SavedTensorMeter, peak_memory_bytes, reset_peak_memory
 from pointdr2.engine.optim import CosineWarmup, build_optimizer
+from pointdr2.engine.weights import resolve_weights
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "resolve_device", "build_network",
            "build_split", "check_run_dir", "primary_metric", "load_model_weights"]
@@ -417,9 +418,9 @@ class _Trainer:
             if pretrained:
                 from pointdr2.models import load_pretrained
 
-                path = Path(os.path.expanduser(str(pretrained)))
-                if not path.is_file():
-                    raise FileNotFoundError(f"model.pretrained: checkpoint not found: {path}")
+                # a path, or an https:// / file:// URL downloaded once into the weights cache
+                path = resolve_weights(pretrained, cfg.model.get("pretrained_sha256"),
+                                       progress=bool(cfg.run.progress) and self.main)
                 report = load_pretrained(self.model, path)
                 log.info("loaded pretrained weights from %s (%d missing, %d unexpected keys)", path,
                          len(getattr(report, "missing", [])), len(getattr(report, "unexpected", [])))

@@ -71,6 +71,7 @@ MODEL_KEYS: dict[str, Any] = {
     "fps_skip_origin": False,
     # Read by the engine, not by the builder.
     "pretrained": None,
+    "pretrained_sha256": None,
 }
 
 

@@ -82,6 +82,7 @@ DEFAULT_CFG: dict[str, Any] = {
     "height_dim": None,         # cls: append points[..., height_dim] - min as a feature if missing
     "fps_skip_origin": False,   # FPS with pointnet2_ops' origin skip; openpoints' FPS has none
     "pretrained": None,         # consumed by build_model / load_pretrained
+    "pretrained_sha256": None,  # optional checksum of model.pretrained (a path or URL), read by the engine
 }
 
 # Official configurations (openpoints cfgs/s3dis/pointnext-*.yaml, cfgs/scanobjectnn/pointnext-s.yaml).
