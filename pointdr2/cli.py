@@ -163,7 +163,11 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=int, default=0, metavar="I", help="sample (or room) index in the split")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--out", default="visualize.png", metavar="FILE.png", help="PNG to write (PLY files beside it)")
-    p.add_argument("--color", default="pred", choices=["pred", "gt", "error"])
+    p.add_argument("--style", default="figure", choices=["figure", "render"],
+                   help="figure (default): a labelled grid (classification) or prediction beside ground truth with "
+                        "a legend (segmentation); render: one Open3D render coloured by --color")
+    p.add_argument("--count", type=int, default=12, help="samples in the classification grid (default 12)")
+    p.add_argument("--color", default="pred", choices=["pred", "gt", "error"], help="colouring of --style render")
     p.add_argument("--window", default="auto", choices=["auto", "yes", "no"],
                    help="open an Open3D window (auto: when a display exists)")
     p.add_argument("--width", type=int, default=800)

@@ -76,7 +76,7 @@ def test_visualize_writes_png_with_class_colours_and_ply(setup, tmp_path, capsys
     _, cfg, run = setup
     out = tmp_path / "vis.png"
     assert main(["visualize", str(cfg), "--checkpoint", str(run / "best.pth"), "--index", "3", "--out", str(out),
-                 "--color", "gt", "--width", "320", "--height", "240", "--point-size", "6"]) == 0
+                 "--style", "render", "--color", "gt", "--width", "320", "--height", "240", "--point-size", "6"]) == 0
     img = mpimg.imread(out)[..., :3]
     assert img.shape == (240, 320, 3)
     base = cfg.parent
@@ -155,3 +155,13 @@ def test_a_run_directory_is_enough_for_resume_eval_and_the_printed_hint(setup, c
     lone = base / "lone.pth"
     lone.write_bytes((run_c / "best.pth").read_bytes())
     _fails(["eval", "--checkpoint", str(lone)], capsys, "no CONFIG given and no config.yaml beside")
+
+
+def test_visualize_figure_is_a_labelled_grid(setup, tmp_path):
+    import matplotlib.image as mpimg
+
+    _, _, run = setup
+    out = tmp_path / "grid.png"
+    assert main(["visualize", str(run), "--count", "8", "--out", str(out)]) == 0
+    img = mpimg.imread(out)[..., :3]
+    assert img.shape[0] > 200 and img.shape[1] > 600 and (np.abs(img - 1.0).max(axis=-1) > 0.1).sum() > 500

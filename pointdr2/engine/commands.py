@@ -269,6 +269,30 @@ def _class_colors(dataset, num_classes: int, outputs: int = 0):
     return out
 
 
+def _figure(out: Path, net, dataset, device, index: int, count: int, xyz, pred, target, names, colors, up: str,
+            max_points: int | None) -> None:
+    """The readable picture: a labelled grid (classification) or prediction beside truth (segmentation)."""
+    from tqdm.auto import tqdm
+
+    from pointdr2.engine.evaluator import is_room_dataset
+    from pointdr2.viz.figures import classification_grid, segmentation_pair
+
+    up_axis = {"x": 0, "y": 1, "z": 2}[up]
+
+    def label(k: int) -> str:
+        return names[k] if k < len(names) else str(k)
+
+    if len(pred) == 1:  # classification: `count` samples from `index` on
+        tiles = []
+        for i in tqdm(range(index, min(len(dataset), index + count)), desc="visualize", unit="sample", leave=False):
+            x, p, t = predict_sample(net, dataset, i, device, max_points)
+            tiles.append({"xyz": x, "pred": label(int(p[0])), "true": label(int(t[0]))})
+        classification_grid(out, tiles, up_axis=up_axis, title=f"test samples {index}..{index + len(tiles) - 1}")
+    else:
+        segmentation_pair(out, xyz, pred, target, names or [str(i) for i in range(len(colors))], colors,
+                          up_axis=up_axis, room=is_room_dataset(dataset), title=f"sample {index}")
+
+
 def cmd_visualize(args: argparse.Namespace) -> int:
     from pointdr2.viz import color_by_labels, color_errors, has_display, render_png, show_window, write_ply
 
@@ -276,7 +300,11 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must name a .png file, got {out}")
-    dataset, _, net, _, device = load_for_eval(cfg, args.checkpoint, args.split)
+    style = getattr(args, "style", "figure")
+    count = int(getattr(args, "count", 12) or 12)
+    if count < 1:
+        raise ValueError(f"--count must be >= 1, got {count}")
+    dataset, _, net, _, device = load_for_eval(cfg, _checkpoint(args), args.split)
     crop = cfg.dataset.get("crop_points")
     xyz, pred, target = predict_sample(net, dataset, int(args.index), device, int(crop) if crop else None)
     n = len(xyz)
@@ -285,8 +313,12 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     by = {"pred": lambda: color_by_labels(pred, n, colors), "gt": lambda: color_by_labels(target, n, colors),
           "error": lambda: color_errors(pred, target, n)}
     up = "z" if cfg.dataset.get("name") == "s3dis" else "y"
-    render_png(out, (xyz, by[args.color]()), up_axis=up, width=args.width, height=args.height,
-               point_size=args.point_size)
+    if style == "render":  # Open3D, one cloud coloured by --color
+        render_png(out, (xyz, by[args.color]()), up_axis=up, width=args.width, height=args.height,
+                   point_size=args.point_size)
+    else:
+        _figure(out, net, dataset, device, int(args.index), count, xyz, pred, target, names, colors, up,
+                int(crop) if crop else None)
     stem = out.with_suffix("")
     write_ply(f"{stem}_pred.ply", xyz, by["pred"]())
     write_ply(f"{stem}_gt.ply", xyz, by["gt"]())
