@@ -108,7 +108,7 @@ def measure_step(cfg, encoder: Path, mode: str, coefficients: tuple[float, float
 def render_predictions(cfg, run_dir: Path, out_png: Path, count: int) -> dict[str, Any]:
     """A labelled grid of ``count`` test clouds (every len/count-th), titled predicted / true."""
     from pointdr2.engine.commands import load_for_eval
-    from pointdr2.study.plots import plot_cloud_grid
+    from pointdr2.viz.figures import classification_grid
 
     dataset, _, net, _, device = load_for_eval(cfg, run_dir / "best.pth", "test")
     names = list(getattr(dataset, "class_names", [str(i) for i in range(int(dataset.num_classes))]))
@@ -119,8 +119,7 @@ def render_predictions(cfg, run_dir: Path, out_png: Path, count: int) -> dict[st
             sample = dataset[i]
             pred = int(net(sample["points"].unsqueeze(0).to(device)).argmax(dim=1))
             tiles.append({"xyz": sample["points"][:, :3].numpy(), "pred": names[pred], "true": names[int(sample["label"])]})
-    plot_cloud_grid(out_png, tiles, up_axis=1, title="pointdr2 demo: Dr²Net-finetuned model on test objects "
-                                                     "(title: predicted / true; red = wrong)")
+    classification_grid(out_png, tiles, up_axis=1, title="pointdr2 demo: the Dr²Net-finetuned model on test objects")
     return {"rendered": len(tiles), "correct": sum(t["pred"] == t["true"] for t in tiles), "png": str(out_png)}
 
 

@@ -153,39 +153,6 @@ def plot_intervals(path: str | Path, rows: Sequence[Mapping], margin: float, tit
     return _save(fig, path)
 
 
-def plot_cloud_grid(path: str | Path, tiles: Sequence[Mapping], up_axis: int = 1, title: str = "",
-                    columns: int = 6) -> Path:
-    """A grid of point clouds, each centred in its own tile and titled ``pred / true`` (red when wrong).
-
-    ``tiles``: dicts with ``xyz`` (float [N, 3]), ``pred`` and ``true`` (class names). Each cloud is drawn
-    in 3D from the same oblique view with ``up_axis`` vertical, coloured by height; a legend says what the
-    titles mean.
-    """
-    plt = _pyplot()
-    rows = max(1, math.ceil(len(tiles) / columns))
-    cols = min(columns, max(len(tiles), 1))
-    fig = plt.figure(figsize=(2.3 * cols, 2.4 * rows + 0.6))
-    for i, t in enumerate(tiles):
-        ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
-        xyz = np.asarray(t["xyz"], dtype=np.float64)
-        xyz = xyz - xyz.mean(axis=0)
-        other = [a for a in range(3) if a != up_axis]
-        x, y, z = xyz[:, other[0]], xyz[:, other[1]], xyz[:, up_axis]
-        ax.scatter(x, y, z, c=z, cmap="viridis", s=2, depthshade=False)
-        r = float(np.abs(xyz).max()) or 1.0
-        ax.set_xlim(-r, r)
-        ax.set_ylim(-r, r)
-        ax.set_zlim(-r, r)
-        ax.view_init(elev=20, azim=-60)
-        ax.set_axis_off()
-        wrong = t["pred"] != t["true"]
-        ax.set_title(f"{t['pred']} / {t['true']}" + (" ✗" if wrong else ""), fontsize=8,
-                     color="tab:red" if wrong else "black")
-    correct = sum(t["pred"] == t["true"] for t in tiles)
-    fig.suptitle(f"{title}\n{correct}/{len(tiles)} correct", fontsize=9)
-    return _save(fig, path)
-
-
 def plot_preservation(path: str | Path, tracks: Mapping[str, Mapping]) -> Path:
     """Per track: the pretrained model's validation metric through the surrogate along the schedule, one line
     per recipe variant, the pretrained model's own value dashed (no finetuning anywhere)."""
