@@ -107,7 +107,7 @@ class Settings:
     grid_batch: int = 8
     bootstrap: int = 2000
     workers: int = 2
-    preservation_points: int = 5
+    preservation_points: int = 3
 
 
 def full_settings() -> Settings:
