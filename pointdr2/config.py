@@ -43,10 +43,11 @@ DEFAULTS: dict[str, Any] = {
         # dr2net | conventional | checkpoint
         "mode": "dr2net",
         # Coefficient schedules: start and end values of alpha and beta (CoefficientSchedule).
-        "alpha": [1.0, 0.0],
+        # The recipe measured by `pointdr2 bench study`: alpha + beta = 1 all along.
+        "alpha": [0.9, 0.0],
         "beta": [0.1, 1.0],
         # linear | cosine | step (the reference's alternating every-2-epochs steps)
-        "shape": "step",
+        "shape": "linear",
         "start_epoch": 0,
         "end_epoch": 20,
         # Update the coefficients every step (fractional epochs) or once per epoch.
@@ -54,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
         # Dr2Stack output: "last" (x_N), "mean" ((x_{N-1}+x_N)/2, the reference implementation) or
         # "sum" (x_N + beta*(x_{N-1} - x_0): the residual stream when alpha + beta = 1). All but "mean"
         # are exact at alpha=1, beta=0.
-        "output": "last",
+        "output": "sum",
         # Where the scaled identity sits: "block" (G(x) = block(x) - (1-alpha)*x, the whole pretrained
         # block as the residual unit) or "branch" (inside each residual branch, as the reference).
         "residual": "block",
