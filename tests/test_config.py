@@ -15,7 +15,8 @@ def test_defaults_and_attribute_access():
     cfg = load_config(None)
     assert cfg.train.epochs == DEFAULTS["train"]["epochs"]
     assert cfg["finetune"]["mode"] == "dr2net"
-    assert cfg.finetune.alpha == [1.0, 0.0]
+    assert cfg.finetune.alpha == [0.9, 0.0]
+    assert cfg.finetune.output == "sum" and cfg.finetune.shape == "linear"
 
 
 def test_base_inheritance_string_list_relative_and_deep_merge(tmp_path):
