@@ -107,12 +107,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args, extra)
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
         raise ValueError(f"--stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
+    finished = False
     try:
         result = train(cfg, resume=bool(args.resume), force=bool(args.force), stop_after_epochs=args.stop_after_epochs)
+        finished = True
     except (TrainingDiverged, TrainingInterrupted) as exc:
         return stopped_training_exit(exc, "train")
     finally:
-        cleanup()
+        cleanup(synchronize=finished)
     if result.stopped_early:
         log.info("stopped after epoch %d; continue with: pointdr2 train --resume %s", result.epochs_done,
                  result.run_dir)

@@ -68,8 +68,17 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank_, local, world, backend)
 
 
-def cleanup() -> None:
+def cleanup(synchronize: bool = False) -> None:
+    """Leave the process group; with ``synchronize`` (a run that finished on every rank) wait for the
+    other ranks first. An error path never waits: its peers may never come."""
     if dist.is_available() and dist.is_initialized():
+        # every rank reaches the end before any tears down its gloo pairs: a rank that destroys the
+        # group while a peer still talks to it can abort ("terminate called without an active exception")
+        try:
+            if synchronize:
+                dist.barrier()
+        except RuntimeError as exc:  # a peer already gone: nothing left to wait for
+            log.debug("barrier before destroy_process_group failed: %s", exc)
         dist.destroy_process_group()
 
 
