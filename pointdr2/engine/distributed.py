@@ -74,11 +74,11 @@ def cleanup(synchronize: bool = False) -> None:
     if dist.is_available() and dist.is_initialized():
         # every rank reaches the end before any tears down its gloo pairs: a rank that destroys the
         # group while a peer still talks to it can abort ("terminate called without an active exception")
-        try:
-            if synchronize:
+        if synchronize:
+            try:
                 dist.barrier()
-        except RuntimeError as exc:  # a peer already gone: nothing left to wait for
-            log.debug("barrier before destroy_process_group failed: %s", exc)
+            except RuntimeError as exc:  # a peer already gone: nothing left to wait for
+                log.debug("barrier before destroy_process_group failed: %s", exc)
         dist.destroy_process_group()
 
 
