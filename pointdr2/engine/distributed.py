@@ -15,6 +15,7 @@ dataset without padding, so summed confusion matrices count every sample exactly
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -74,6 +75,7 @@ def cleanup(synchronize: bool = False) -> None:
     if dist.is_available() and dist.is_initialized():
         # every rank reaches the end before any tears down its gloo pairs: a rank that destroys the
         # group while a peer still talks to it can abort ("terminate called without an active exception")
+        gc.collect()  # objects that hold the group (a DDP Reducer in a reference cycle) go while it lives
         if synchronize:
             try:
                 dist.barrier()

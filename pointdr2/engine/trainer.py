@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -739,6 +740,17 @@ class _Trainer:
                                self.last_metrics, test_metrics, stopped, self.metric_name)
         finally:
             logger.close()
+            self._release_ddp()
+
+    def _release_ddp(self) -> None:
+        """Drop the DDP wrapper now, while the process group lives: a Reducer left to the garbage
+        collector (modules with hooks sit in reference cycles) may be destroyed only at interpreter exit,
+        after destroy_process_group, with gloo work still holding tensors -> SIGABRT ("terminate called
+        without an active exception")."""
+        if getattr(self, "ddp", None) is not None:
+            self.ddp = None
+            self.train_net = self.net
+            gc.collect()
 
     def _announce(self) -> None:
         cfg, t = self.cfg, self.cfg.train

@@ -39,7 +39,7 @@ def run(out_dir: str, ref_ckpt: str | None = None) -> dict:
         report["eval_count"] = metrics["count"]
     if dist_utils.is_main():
         (out / "eval.json").write_text(json.dumps(report))
-    dist_utils.cleanup()
+    dist_utils.cleanup(synchronize=True)  # as pointdr2 train does after a finished run
     return report
 
 
