@@ -126,6 +126,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="start over in an existing run directory")
     p.add_argument("--stop-after-epochs", type=int, metavar="N",
                    help="stop (resumably) after N epochs of this invocation, e.g. to fit a time slot")
+    p.add_argument("--check", action="store_true",
+                   help="check config, data, model and weights as --nproc processes would, then exit without "
+                        "training or writing anything (scripts/dist_train.sh runs it before spawning)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N", help="processes --check assumes (default 1)")
 
     def run(args: argparse.Namespace) -> int:
         from pointdr2.engine.commands import cmd_train

@@ -10,9 +10,19 @@ if [ $# -lt 2 ]; then
 fi
 NPROC=$1
 shift
+if ! [[ "$NPROC" =~ ^[1-9][0-9]*$ ]]; then
+    echo "$0: error: NPROC must be a positive integer (processes per node), got '$NPROC'" >&2
+    exit 2
+fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 NNODES=${NNODES:-1}
+# A wrong key, a missing dataset or a batch that does not split over the processes is found here, in
+# one process, before any is spawned: one error line and exit 2 instead of one per rank and a torchrun
+# traceback. POINTDR2_SKIP_CHECK=1 skips it.
+if [ "${POINTDR2_SKIP_CHECK:-0}" != 1 ]; then
+    "${PYTHON:-python}" -m pointdr2 train --check --nproc "$((NPROC * NNODES))" "$@" || exit $?
+fi
 if [ "$NNODES" = 1 ]; then
     exec torchrun --standalone --nnodes 1 --nproc_per_node "$NPROC" -m pointdr2 train "$@"
 fi

@@ -165,3 +165,69 @@ def test_visualize_figure_is_a_labelled_grid(setup, tmp_path):
     assert main(["visualize", str(run), "--count", "8", "--out", str(out)]) == 0
     img = mpimg.imread(out)[..., :3]
     assert img.shape[0] > 200 and img.shape[1] > 600 and (np.abs(img - 1.0).max(axis=-1) > 0.1).sum() > 500
+
+
+def test_check_finds_mistakes_as_n_processes_would_without_touching_the_run(setup, tmp_path, capsys):
+    base, cfg, run = setup
+    before = {p.name: sha(p) for p in run.iterdir() if p.is_file()}
+    fresh = tmp_path / "fresh"
+    assert main(["train", str(cfg), f"run.dir={fresh}", "--check", "--nproc", "2"]) == 0
+    assert not fresh.exists()  # nothing written, no process group joined
+    # global batch 16 over 3 processes: found before any process starts
+    _fails(["train", str(cfg), f"run.dir={fresh}", "--check", "--nproc", "3"], capsys, "divisible by train.accumulate=1 x 3")
+    _fails(["train", str(cfg), f"run.dir={fresh}", f"dataset.root={tmp_path / 'nowhere'}", "--check", "--nproc", "2"], capsys,
+           "nowhere")
+    _fails(["train", str(cfg), "--check", "--nproc", "2"], capsys, "already exists")  # the run directory policy too
+    assert main(["train", str(cfg), "--resume", str(run), "--check", "--nproc", "2"]) == 0  # reads last.pth, changes nothing
+    assert {p.name: sha(p) for p in run.iterdir() if p.is_file()} == before
+
+
+def test_dist_train_script_reports_a_bad_config_once_before_spawning(setup, tmp_path):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    base, cfg, _ = setup
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    t0 = time.monotonic()
+    done = subprocess.run(["bash", str(root / "scripts" / "dist_train.sh"), "2", str(cfg), f"run.dir={tmp_path / 'r'}",
+                           "train.epoch=3"], env=env, capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - t0
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "closest known keys: train.epochs" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr and seconds < 60
+    bad = subprocess.run(["bash", str(root / "scripts" / "dist_train.sh"), "two", str(cfg)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "NPROC must be a positive integer" in bad.stderr
+
+
+def test_one_run_per_directory_and_stale_temp_files_go(setup, tmp_path, capsys):
+    import shutil
+
+    from pointdr2.engine.run_lock import LOCK_NAME, RunLock
+
+    base, cfg, run = setup
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    def files():  # the lock file says who holds the directory: it changes with the holder
+        return {p.name: sha(p) for p in copy.iterdir() if p.is_file() and p.name != LOCK_NAME}
+
+    before = files()
+    with RunLock(copy):  # another process's run (flock: a second open file conflicts even in one process)
+        _fails(["train", str(cfg), f"run.dir={copy}", "--force"], capsys, "is in use by another run (pid ")
+        _fails(["train", "--resume", str(copy)], capsys, "is in use by another run")
+        _fails(["train", "--resume", str(copy), "--check"], capsys, "is in use by another run")
+    assert files() == before  # nothing touched
+    # a killed save's temp file is removed by the next run on the directory (here: a resume)
+    (copy / ".last.pth.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    assert main(["train", "--resume", str(copy)]) == 0
+    assert not list(copy.glob(".*.tmp")) and (copy / LOCK_NAME).is_file()
+    # a run that failed in set-up releases the lock and leaves no "used" directory behind
+    fresh = tmp_path / "fresh"
+    _fails(["train", str(cfg), f"run.dir={fresh}", f"dataset.root={tmp_path / 'nowhere'}"], capsys, "nowhere")
+    assert [p.name for p in fresh.iterdir()] == [LOCK_NAME]
+    assert main(["train", str(cfg), f"run.dir={fresh}", "train.epochs=1"]) == 0  # no --force needed

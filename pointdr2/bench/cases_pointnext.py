@@ -60,6 +60,7 @@ def build_case(model: str, mode: str, depth: int | None, batch: int, points: int
         cfg["blocks"] = [1] + [depth + 1] * 4
     net = build_model(cfg)
     module = model_for_mode(net, mode, alpha, beta, "cases_pointnext")
+    module.depth_label = "-".join(str(b) for b in net.encoder.blocks)  # blocks per stage, for the table
     module = module.to(device).train()
     g = torch.Generator().manual_seed(0)
     pos, feats = synthetic_crop(batch, points, g)

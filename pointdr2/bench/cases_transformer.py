@@ -59,6 +59,7 @@ def build_case(model: str, mode: str, depth: int | None, batch: int, points: int
         cfg.update(num_group=64 * max(1, math.ceil(points / 1024)), group_size=32)
     net = build_model(cfg)
     module = model_for_mode(net, mode, alpha, beta, "cases_transformer")
+    module.depth_label = str(len(net.blocks.blocks))  # transformer blocks, for the table
     module = module.to(device).train()
     g = torch.Generator().manual_seed(0)
     pts = synthetic_clouds(batch, points, g)

@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+from pointdr2.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +333,8 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "ran": ran[1],
         "rec_error": rec_error,
         "sub_blocks": sum(len(s.blocks) for s in stacks),
+        # the depth the case built (--depths unset: the published one, e.g. 12 or 1-3-5-3-3)
+        "depth_label": str(getattr(module, "depth_label", None) or cfg["depth"]),
     }
 
 
@@ -366,24 +368,37 @@ def _fmt_ratio(num: float | None, den: float | None) -> str:
     return f"{num / den:.3f}"
 
 
+def _depth(row: dict[str, Any]) -> str:
+    label = row.get("depth_label") or row.get("depth")
+    return "-" if label is None else str(label)
+
+
+def _coefficient(row: dict[str, Any], key: str) -> str:
+    """alpha/beta of a Dr2Net row; '-' for conventional and checkpoint, which run the plain network."""
+    if row.get("mode") in ("conventional", "checkpoint") or row.get(key) is None:
+        return "-"
+    return f"{float(row[key]):.2f}"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Rows with ratios against the conventional and checkpoint rows of the same depth."""
     ref: dict[tuple[Any, str], dict[str, Any]] = {}
     for r in rows:
         if "error" not in r and r["label"] in ("conventional", "checkpoint"):
             ref[(r["depth"], r["label"])] = r
-    head = (f"{'mode':<13} {'depth':>5} {'alpha':>5} {'beta':>5} {'k':>3} {'saved MiB':>10} {'/conv':>6} "
+    width = max([5] + [len(_depth(r)) for r in rows])
+    head = (f"{'mode':<13} {'depth':>{width}} {'alpha':>5} {'beta':>5} {'k':>3} {'saved MiB':>10} {'/conv':>6} "
             f"{'/ckpt':>6} {'peak MiB':>9} {'/conv':>6} {'/ckpt':>6} {'step ms':>8} {'/conv':>6} {'/ckpt':>6} "
             f"{'rec.err':>8}")
     out = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            out.append(f"{r['label']:<13} {str(r['depth']):>5} error: {r['error']}")
+            out.append(f"{r['label']:<13} {_depth(r):>{width}} error: {r['error']}")
             continue
         conv, ckpt = ref.get((r["depth"], "conventional"), {}), ref.get((r["depth"], "checkpoint"), {})
         err = r.get("rec_error")
         out.append(
-            f"{r['label']:<13} {str(r['depth']):>5} {r['alpha']:>5.2f} {r['beta']:>5.2f} "
+            f"{r['label']:<13} {_depth(r):>{width}} {_coefficient(r, 'alpha'):>5} {_coefficient(r, 'beta'):>5} "
             f"{str(r.get('cache_every') or '-'):>3} {r['saved_bytes'] / 2**20:>10.2f} "
             f"{_fmt_ratio(r['saved_bytes'], conv.get('saved_bytes')):>6} "
             f"{_fmt_ratio(r['saved_bytes'], ckpt.get('saved_bytes')):>6} {_fmt(r['peak_bytes'], 2**-20, '.1f'):>9} "
@@ -398,10 +413,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     rows = _configs(args)
     results = []
-    for cfg in tqdm(rows, desc="bench memory", unit="config"):
+    for cfg in progress_bar(rows, desc="bench memory", unit="config"):
         res = _run_one(cfg, args.timeout)
         if "error" in res:
-            log.warning("%s depth %s failed: %s", cfg["label"], cfg["depth"], res["error"])
+            log.warning("%s depth %s failed: %s", cfg["label"], _depth(cfg), res["error"])
         results.append(res)
     first = next((r for r in results if "error" not in r), None)
     device = first["device"] if first else args.device

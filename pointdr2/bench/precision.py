@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from pointdr2.bench.cases_stack import vit_stack
+from pointdr2.progress import bar as progress_bar
 from pointdr2.reversible import PrecisionGuard, reconstruction_growth
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     eps = torch.finfo(dtype).eps
     rows = []
     grid = [(a, b) for a in alphas for b in betas]
-    for alpha, beta in tqdm(grid, desc="bench precision", unit="point"):
+    for alpha, beta in progress_bar(grid, desc="bench precision", unit="point"):
         stack.alpha, stack.beta = alpha, beta
         stack.mode = "standard"
         ref = _grads(stack, x, pos, weight)

@@ -270,6 +270,11 @@ class S3DISRoom:
     def __len__(self) -> int:
         return self.num_passes
 
+    @property
+    def pass_points(self) -> int:
+        """Points over all passes (one per voxel per pass): the work of whole-room inference."""
+        return self.num_passes * len(self._start)
+
     def pass_indices(self, p: int) -> np.ndarray:
         """int64 [v]: the ``p``-th point of every voxel (voxels with fewer points cycle)."""
         if not 0 <= p < self.num_passes:

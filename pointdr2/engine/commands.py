@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from pointdr2.config import Config, find_config, load_config
+from pointdr2.progress import bar as progress_bar
 
 __all__ = ["cmd_train", "cmd_eval", "cmd_visualize", "load_for_eval", "predict_sample"]
 
@@ -91,7 +92,7 @@ def stopped_training_exit(exc: BaseException, command: str) -> int:
 # ----------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     from pointdr2.engine.distributed import cleanup
-    from pointdr2.engine.trainer import TrainingDiverged, TrainingInterrupted, train
+    from pointdr2.engine.trainer import TrainingDiverged, TrainingInterrupted, check, train
 
     if int(os.environ.get("RANK", "0")) != 0:
         # torchrun workers other than rank 0: warnings only (rank 0 logs and saves for everyone).
@@ -107,6 +108,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args, extra)
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
         raise ValueError(f"--stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
+    if getattr(args, "check", False):
+        summary = check(cfg, world_size=args.nproc, resume=bool(args.resume), force=bool(args.force))
+        log.info("check passed: %d process%s, %s; %d train / %d %s samples, %d steps per epoch; run directory %s",
+                 summary["processes"], "es" if summary["processes"] > 1 else "", summary["task"], summary["train"],
+                 summary[cfg.train.select_on], cfg.train.select_on, summary["steps_per_epoch"], summary["run_dir"])
+        return 0
     finished = False
     try:
         result = train(cfg, resume=bool(args.resume), force=bool(args.force), stop_after_epochs=args.stop_after_epochs)
@@ -241,7 +248,9 @@ def predict_sample(net, dataset, index: int, device: torch.device, max_points: i
         raise ValueError(f"--index must lie in [0, {len(dataset)}), got {index}")
     if is_room_dataset(dataset):
         room = dataset[index]
-        logits = default_room_predictor(max_points)(net, room, device)
+        with progress_bar(total=getattr(room, "pass_points", None), desc=f"predict room {index}", unit="pt",
+                          unit_scale=True, leave=False, every=10.0) as bar:
+            logits = default_room_predictor(max_points)(net, room, device, on_points=bar.update)
         return room.room[:, :3], logits.argmax(dim=-1).numpy(), room.labels.numpy()
     sample = dataset[index]
     task = task_of(sample)
@@ -274,8 +283,6 @@ def _class_colors(dataset, num_classes: int, outputs: int = 0):
 def _figure(out: Path, net, dataset, device, index: int, count: int, xyz, pred, target, names, colors, up: str,
             max_points: int | None) -> None:
     """The readable picture: a labelled grid (classification) or prediction beside truth (segmentation)."""
-    from tqdm.auto import tqdm
-
     from pointdr2.engine.evaluator import is_room_dataset
     from pointdr2.viz.figures import classification_grid, segmentation_pair
 
@@ -286,7 +293,8 @@ def _figure(out: Path, net, dataset, device, index: int, count: int, xyz, pred, 
 
     if len(pred) == 1:  # classification: `count` samples from `index` on
         tiles = []
-        for i in tqdm(range(index, min(len(dataset), index + count)), desc="visualize", unit="sample", leave=False):
+        for i in progress_bar(range(index, min(len(dataset), index + count)), desc="visualize", unit="sample",
+                              leave=False, every=10.0):
             x, p, t = predict_sample(net, dataset, i, device, max_points)
             tiles.append({"xyz": x, "pred": label(int(p[0])), "true": label(int(t[0]))})
         classification_grid(out, tiles, up_axis=up_axis, title=f"test samples {index}..{index + len(tiles) - 1}")

@@ -7,6 +7,7 @@ gives every sample to exactly one process).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -14,10 +15,10 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from pointdr2.engine import distributed as dist_utils
 from pointdr2.engine.metrics import ConfusionMatrix
+from pointdr2.progress import bar as progress_bar
 
 __all__ = ["task_of", "forward_batch", "vote_params", "vote_logits", "evaluate", "amp_context", "is_room_dataset",
            "default_room_predictor", "save_items", "load_items"]
@@ -94,13 +95,22 @@ def is_room_dataset(dataset: Dataset) -> bool:
     return bool(getattr(dataset, "whole_room", False) or getattr(dataset, "is_whole_room", False))
 
 
+def _accepts_keyword(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def default_room_predictor(max_points: int | None = None) -> Callable:
     """Whole-room inference through ``pointdr2.models.pointnext.predict_room`` (chunks of ``max_points``)."""
 
-    def predict(net: nn.Module, room, device: torch.device) -> torch.Tensor:
+    def predict(net: nn.Module, room, device: torch.device, on_points: Callable | None = None) -> torch.Tensor:
         from pointdr2.models.pointnext import predict_room
 
-        return predict_room(net, room.passes(), room.num_points, max_points=max_points, device=device)
+        return predict_room(net, room.passes(), room.num_points, max_points=max_points, device=device,
+                            on_points=on_points)
 
     return predict
 
@@ -152,10 +162,20 @@ def evaluate(net: nn.Module, dataset: Dataset, *, device: torch.device, batch_si
             room_predictor = room_predictor or default_room_predictor()
             task = "segmentation"
             indices = list(dist_utils.ShardSampler(len(dataset), rank, world))
-            for i in tqdm(indices, desc=desc, disable=not show, leave=False):
+            # a whole room takes minutes: count its points (every pass), not rooms
+            counts = _accepts_keyword(room_predictor, "on_points")
+            bar = progress_bar(total=None, desc=desc, unit="pt", unit_scale=True, enabled=show, leave=False)
+            for j, i in enumerate(indices):
                 room = dataset[i]
+                bar.set_description(f"{desc} room {j + 1}/{len(indices)}")
+                if counts and hasattr(room, "pass_points"):
+                    bar.total = bar.n + int(room.pass_points)
+                    bar.refresh()
                 with amp_context(device, amp):
-                    logits = room_predictor(net, room, device)
+                    logits = room_predictor(net, room, device, on_points=bar.update) if counts \
+                        else room_predictor(net, room, device)
+                if not counts:
+                    bar.update(int(getattr(room, "num_points", 0) or 1))
                 labels = room.labels if hasattr(room, "labels") else room["label"]
                 pred = logits.float().argmax(dim=-1).cpu()
                 cm.update(pred, torch.as_tensor(labels))
@@ -164,6 +184,7 @@ def evaluate(net: nn.Module, dataset: Dataset, *, device: torch.device, batch_si
                     one.update(pred, torch.as_tensor(labels))
                     records["index"].append(i)
                     records["confusion"].append(one.matrix)
+            bar.close()
         else:
             task = task_of(dataset[0])
             if vote > 1 and task != "classification":
@@ -174,8 +195,8 @@ def evaluate(net: nn.Module, dataset: Dataset, *, device: torch.device, batch_si
             chunks = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
             loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers, collate_fn=collate_fn,
                                 pin_memory=device.type == "cuda")
-            for indices, batch in tqdm(zip(chunks, loader), total=len(chunks), desc=desc, disable=not show,
-                                       leave=False):
+            for indices, batch in progress_bar(zip(chunks, loader), total=len(chunks), desc=desc, enabled=show,
+                                               leave=False):
                 with amp_context(device, amp):
                     if vote > 1:
                         scale, shift = vote_params(indices, vote, seed)

@@ -48,7 +48,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from pointdr2.config import Config, dump_config
 from pointdr2.engine import distributed as dist_utils
@@ -74,7 +73,9 @@ from pointdr2.engine.evaluator import (
 from pointdr2.engine.logger import RunLogger
 from pointdr2.engine.memory import SavedTensorMeter, peak_memory_bytes, reset_peak_memory
 from pointdr2.engine.optim import CosineWarmup, build_optimizer
+from pointdr2.engine.run_lock import LOCK_NAME, RunLock, remove_stale_temp_files
 from pointdr2.engine.weights import resolve_weights
+from pointdr2.progress import bar as progress_bar
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "resolve_device", "build_network",
            "build_split", "check_run_dir", "primary_metric", "load_model_weights"]
@@ -137,7 +138,7 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"run.dir {run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
+    if run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()) and not force:
         present = [n for n in RUN_FILES if (run_dir / n).exists()] or sorted(p.name for p in run_dir.iterdir())[:3]
         raise ValueError(f"run directory {run_dir} already exists (holds {', '.join(present)}); "
                          f"pass --resume {run_dir} to continue it or --force to overwrite it")
@@ -344,6 +345,24 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, stop_after_
                     model_fn=model_fn or _default_model_fn, dataset_fn=dataset_fn or _default_dataset_fn).run()
 
 
+def check(cfg: Config, *, world_size: int = 1, resume: bool = False, force: bool = False,
+          model_fn: Callable | None = None, dataset_fn: Callable | None = None) -> dict:
+    """Everything :func:`train` sets up before its first step, as ``world_size`` processes would,
+    without joining a process group or touching the run directory: the run directory policy, the
+    global batch against the processes, the data splits, the model, its pretrained or resumed
+    weights and the finetuning network. Raises what ``train`` would raise; returns a summary.
+    ``scripts/dist_train.sh`` runs it (``pointdr2 train --check --nproc N``) before spawning processes, so a
+    mistake is one line from one process instead of one per rank and a torchrun traceback."""
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"--nproc must be a positive integer, got {world_size!r}")
+    trainer = _Trainer(cfg, resume=resume, force=force, stop_after_epochs=None,
+                       model_fn=model_fn or _default_model_fn, dataset_fn=dataset_fn or _default_dataset_fn)
+    trainer._setup(check_world=world_size)
+    return {"run_dir": str(trainer.run_dir), "processes": world_size, "train": len(trainer.train_set),
+            trainer.select_split: len(trainer.select_set), "task": trainer.task,
+            "steps_per_epoch": trainer.steps_per_epoch, "micro_batch": trainer.micro}
+
+
 class _Trainer:
     def __init__(self, cfg: Config, *, resume: bool, force: bool, stop_after_epochs: int | None,
                  model_fn: Callable, dataset_fn: Callable) -> None:
@@ -365,13 +384,23 @@ class _Trainer:
             raise ValueError(f"train.val_fraction must lie in (0, 1) when train.select_on=val, got {t.val_fraction!r}")
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _setup(self) -> None:
+    def _setup(self, check_world: int | None = None) -> None:
+        """Build everything before the first step. ``check_world``: only check, as that many processes
+        would (no process group, no DDP wrapper, nothing removed by --force; see :func:`check`)."""
         cfg, t = self.cfg, self.cfg.train
         self.device = resolve_device(t.device)
         check_run_dir(self.run_dir, resume=self.resume, force=self.force)
-        self.dist = dist_utils.init_distributed(self.device.type)
+        checking = check_world is not None
+        self.dist = dist_utils.DistInfo(world_size=check_world) if checking \
+            else dist_utils.init_distributed(self.device.type)
         self.main = self.dist.is_main
-        if self.force and not self.resume and self.main and self.run_dir.is_dir():
+        if self.main:  # one run per directory (rank 0 holds it for all ranks)
+            if checking:
+                RunLock(self.run_dir).probe()
+            else:
+                self.lock = RunLock(self.run_dir).acquire()
+                remove_stale_temp_files(self.run_dir)
+        if self.force and not self.resume and self.main and self.run_dir.is_dir() and not checking:
             # --force starts over: stale checkpoints, metrics, log and events of the old run would mislead.
             removed = [n for n in ("last.pth", "best.pth", "metrics.json", "metrics.jsonl", "test_items.npz", "train.log")
                        if (self.run_dir / n).is_file()]
@@ -430,7 +459,7 @@ class _Trainer:
         self.schedule = _coefficient_schedule(ft) if ft.mode == "dr2net" else None
         a0, b0 = self.schedule(0.0) if self.schedule is not None else (1.0, 0.0)
         self.net = build_network(self.model, ft, a0, b0, train=True).to(self.device)
-        if t.get("sync_bn") and self.dist.enabled:
+        if t.get("sync_bn") and self.dist.enabled and not checking:
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self.coefficients = (float(a0), float(b0))
 
@@ -452,7 +481,7 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
 
         self.ddp = None
-        if self.dist.enabled:
+        if self.dist.enabled and not checking:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -584,8 +613,9 @@ class _Trainer:
         samples_since, t_since = 0, time.perf_counter()
         reset_peak_memory(self.device)
         show = self.main and bool(self.cfg.run.progress)
-        bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{t.epochs}",
-                   disable=not show, leave=False, dynamic_ncols=True)
+        # off a terminal the run.log_every lines are the progress: no bar in a redirected log
+        bar = progress_bar(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{t.epochs}",
+                           enabled=show, log_lines=False, leave=False, dynamic_ncols=True)
         step = start_step
         micro_i = 0
         act_bytes = None
@@ -706,7 +736,11 @@ class _Trainer:
 
     # -- main -----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            self._release_lock()
+            raise
         cfg, t = self.cfg, self.cfg.train
         logger = RunLogger(self.run_dir, enabled=self.main, tensorboard=bool(cfg.run.tensorboard))
         stopped = False
@@ -741,6 +775,13 @@ class _Trainer:
         finally:
             logger.close()
             self._release_ddp()
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
+            self.lock = None
 
     def _release_ddp(self) -> None:
         """Drop the DDP wrapper now, while the process group lives: a Reducer left to the garbage

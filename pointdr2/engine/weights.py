@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from pointdr2.progress import bar as progress_bar
 
 __all__ = ["cache_dir", "resolve_weights", "sha256_of"]
 
@@ -86,8 +86,8 @@ def _download(url: str, target: Path, sha: str | None, progress: bool) -> None:
                 with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - the user's own URL
                     length = resp.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
-                    with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}", leave=False,
-                              disable=not progress) as bar:
+                    with progress_bar(total=total, unit="B", unit_scale=True, desc=f"download {target.name}", leave=False,
+                                      enabled=progress, every=10.0) as bar:
                         while True:
                             block = resp.read(CHUNK)
                             if not block:

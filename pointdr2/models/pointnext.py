@@ -627,7 +627,7 @@ def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None
                  max_points: Optional[int] = None, device: Optional[torch.device | str] = None,
                  chunk_transform: Optional[Callable[[torch.Tensor, torch.Tensor],
                                                     tuple[torch.Tensor, torch.Tensor]]] = None,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, on_points: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """Per-point logits of a whole room from its voxel passes, without running out of memory.
 
     Args:
@@ -644,6 +644,10 @@ def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None
         device: where the model runs (default: the model's device).
         chunk_transform: optional ``(pos, feats) -> (pos, feats)`` applied to each chunk (e.g. to
             recompute a height feature relative to the chunk as training crops have it).
+        progress: a bar (or log lines) over the passes.
+        on_points: called after every forward with the number of pass points it covered for the
+            first time; over a room the calls sum to the points of all passes (a progress counter
+            for callers that show points, as whole-room evaluation does).
 
     Returns:
         float32 ``[num_points, K]`` on the CPU: the mean of the logits of every forward that
@@ -665,9 +669,9 @@ def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None
     count = torch.zeros(num_points, dtype=torch.float32)
     iterator: Iterable = passes
     if progress:
-        from tqdm.auto import tqdm
+        from pointdr2.progress import bar as progress_bar
 
-        iterator = tqdm(passes, desc="room passes", leave=False)
+        iterator = progress_bar(passes, desc="room passes", unit="pass", leave=False)
     for k, item in enumerate(iterator):
         for key in ("pos", "feats", "index"):
             if key not in item:
@@ -679,6 +683,7 @@ def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None
                              f"{tuple(feats.shape)}, {tuple(index.shape)}")
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_points):
             raise ValueError(f"pass {k}: index out of range for a room of {num_points} points")
+        covered = torch.zeros(pos.shape[0], dtype=torch.bool) if on_points is not None else None
         for chunk in _chunks(pos, max_points):
             cp = pos if chunk is None else pos[chunk]
             cf = feats if chunk is None else feats[:, chunk]
@@ -691,6 +696,14 @@ def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None
                 total = torch.zeros(num_points, logits.shape[1], dtype=torch.float32)
             total.index_add_(0, ci, logits)
             count.index_add_(0, ci, torch.ones(ci.shape[0]))
+            if covered is not None:  # points of this pass covered for the first time (context excluded)
+                seen = covered if chunk is None else covered[chunk]
+                new = int((~seen).sum())
+                if chunk is None:
+                    covered.fill_(True)
+                else:
+                    covered[chunk] = True
+                on_points(new)
     if total is None:
         raise ValueError("predict_room got no passes")
     return total / count.unsqueeze(1)  # 0/0 -> NaN marks uncovered points

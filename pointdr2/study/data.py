@@ -12,10 +12,9 @@ import logging
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from pointdr2.data.prepare.s3dis import convert_s3dis
 from pointdr2.data.synthetic import SIZES, write_layout
+from pointdr2.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ def generate(out: Path, size: str, layouts: tuple[str, ...], force: bool = False
     data = data_dir(out)
     data.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}
-    for layout in tqdm(layouts, desc="synthetic data", unit="set", leave=False, disable=not progress):
+    for layout in progress_bar(layouts, desc="synthetic data", unit="set", leave=False, enabled=progress):
         marker = data / f".{layout}.json"
         want = {"size": size, "seed": seed, "sizes": SIZES[size]}
         if marker.is_file() and not force:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from pointdr2.progress import bar as progress_bar
 from pointdr2.study.runs import RunSpec
 
 MEMORY_MODES = ("conventional", "checkpoint", "dr2net")
@@ -67,8 +67,7 @@ def harness_rows(spec: RunSpec, encoder: Path, cache: Path, steps: int, in_proce
     os.environ[cases_study.ENV] = str(case_file)
     try:
         rows = []
-        for row in tqdm(rows_cfg, desc=f"{spec.meta.get('track', '')} memory", unit="mode", leave=False,
-                        disable=not progress):
+        for row in progress_bar(rows_cfg, desc=f"{spec.meta.get('track', '')} memory", unit="mode", leave=False, enabled=progress):
             result = run_row(row)
             if "error" in result:
                 raise RuntimeError(f"memory harness failed for {spec.key} {row['label']}: {result['error']}")
@@ -110,7 +109,7 @@ def sweeps(specs: Mapping[str, RunSpec], depths: list[int], points: list[int], p
         cfg = specs["transformer"].resolved()
         case = {"model": cfg.model.to_dict(), "dataset": cfg.dataset.to_dict(), "finetune": cfg.finetune.to_dict()}
         series = {m: [saved_bytes(case, m, d, None, int(cfg.train.batch_size))
-                      for d in tqdm(depths, desc=f"depth sweep {m}", leave=False, disable=not progress)]
+                      for d in progress_bar(depths, desc=f"depth sweep {m}", leave=False, enabled=progress)]
                   for m in MEMORY_MODES}
         result["depth"] = {"depths": list(depths), "bytes": series, "batch": int(cfg.train.batch_size),
                            "points": int(cfg.dataset.num_points)}
@@ -118,7 +117,7 @@ def sweeps(specs: Mapping[str, RunSpec], depths: list[int], points: list[int], p
         cfg = specs["pointnext"].resolved()
         case = {"model": cfg.model.to_dict(), "dataset": cfg.dataset.to_dict(), "finetune": cfg.finetune.to_dict()}
         series = {m: [saved_bytes(case, m, None, n, points_batch)
-                      for n in tqdm(points, desc=f"points sweep {m}", leave=False, disable=not progress)]
+                      for n in progress_bar(points, desc=f"points sweep {m}", leave=False, enabled=progress)]
                   for m in MEMORY_MODES}
         result["points"] = {"points": list(points), "bytes": series, "batch": int(points_batch),
                             "model": str(cfg.model.name)}
@@ -159,7 +158,7 @@ def grad_grid(spec: RunSpec, encoder: Path, alphas: list[float], betas: list[flo
     points, labels = data["points"], data["label"]
     kw = {"output": str(ft.output), "residual": str(ft.residual)}
     rev_err, auto_err, auto_k, auto_mode = [], [], [], []
-    for a in tqdm(alphas, desc="gradient error grid", leave=False, disable=not progress):
+    for a in progress_bar(alphas, desc="gradient error grid", leave=False, enabled=progress):
         rows: tuple[list, list, list, list] = ([], [], [], [])
         for b in betas:
             sur = to_dr2net(model, a, b, mode="standard", **kw)
@@ -214,7 +213,7 @@ def preservation(pre: RunSpec, variants: Mapping[str, Mapping[str, Any]], points
     for name, v in variants.items():
         (a0, a1), (b0, b1) = v["alpha"], v["beta"]
         rows = []
-        for t in tqdm(ts, desc=f"preservation {name}", leave=False, disable=not progress):
+        for t in progress_bar(ts, desc=f"preservation {name}", leave=False, enabled=progress):
             alpha, beta = a0 + (a1 - a0) * t, b0 + (b1 - b0) * t
             net = to_dr2net(model, alpha, beta, mode="standard", output=v["output"], residual=v["residual"]).eval()
             rows.append({"t": t, "alpha": alpha, "beta": beta, metric: score(net)})

@@ -142,6 +142,12 @@ def results_markdown(study: Mapping[str, Any], pngs: Mapping[str, str]) -> str:
             ab = t["ablation"]
             lines += ["### Recipe ablation", "", f"dr2net with backprop exact (each variant's change of function "
                       f"alone), {ab['seeds']} seed(s) per variant:", "", ablation_md(ab, TRACKS[name].metric), ""]
+            spread = t["modes"].get("dr2net-exact", {}).get(TRACKS[name].metric, {}).get("per_seed", [])
+            if len(spread) > 1:
+                lines += [f"Scale: the recipe itself (the main dr2net-exact runs) spans {min(spread):.2f} .. "
+                          f"{max(spread):.2f} over {len(spread)} seeds ({max(spread) - min(spread):.2f} points), so a "
+                          f"variant's difference smaller than that, on {ab['seeds']} seed(s), is within the "
+                          "seed-to-seed noise and ranks nothing.", ""]
     if "preservation" in pngs:
         lines += ["## The pretrained function through the surrogate", "", "![preservation](preservation.png)", ""]
     if "guard" in pngs:

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
 from pointdr2.config import load_config
 from pointdr2.engine.checkpoint import load_checkpoint, save_atomic
 from pointdr2.engine.evaluator import load_items
 from pointdr2.engine.logger import read_records
+from pointdr2.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def execute(specs: Sequence[RunSpec], *, workers: int, threads: int, force: bool
         return
     todo.sort(key=lambda s: -float(s.meta.get("cost", 1.0)))
     waiting = {s.key for s in todo}
-    bar = tqdm(total=len(todo), desc=desc, unit="run", leave=False, disable=not progress)
+    bar = progress_bar(total=len(todo), desc=desc, unit="run", leave=False, enabled=progress, every=60.0)
     errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         running: dict = {}

@@ -214,3 +214,12 @@ def test_prepare_modelnet40_bad_root_is_one_line(tmp_path, capsys):
     assert main(["prepare", "modelnet40", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "modelnet40_shape_names.txt" in err
+
+
+def test_prepare_refuses_an_empty_split_list(synthetic_root, tmp_path, capsys):
+    shutil.copytree(synthetic_root / TXT, tmp_path / TXT)
+    (tmp_path / TXT / "modelnet40_test.txt").write_text("")
+    capsys.readouterr()
+    assert main(["prepare", "modelnet40", "--root", str(tmp_path), "--npoints", "512", "--splits", "test"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "modelnet40_test.txt lists 0 shapes" in err[0], err

@@ -109,3 +109,14 @@ def test_prepare_scanobjectnn_reports_files(synthetic_root, capsys):
     assert main(["prepare", "scanobjectnn", "--root", str(synthetic_root)]) == 0
     out = capsys.readouterr().out
     assert out.count("15/15") == 6 and "PB_T50_RS" in out
+
+
+def test_prepare_refuses_an_empty_split(tmp_path, capsys):
+    for split in ("training", "test"):
+        n = 0 if split == "test" else 3
+        _write(tmp_path / "main_split_nobg" / f"{split}_objectdataset.h5",
+               data=np.zeros((n, 64, 3), dtype=np.float32), label=np.zeros(n, dtype=np.int64))
+    capsys.readouterr()
+    assert main(["prepare", "scanobjectnn", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "test_objectdataset.h5: the OBJ_ONLY test split holds 0 samples" in err[0], err

@@ -94,3 +94,19 @@ def test_memory_worker_runs_in_a_fresh_process():
     res = memory._run_one(cfg, timeout=300)
     assert "error" not in res, res.get("error")
     assert res["ran"] in ("checkpoint", "reversible") and 1 <= res["cache_every"] <= 2
+
+
+def test_memory_table_names_the_published_depth_and_no_coefficients_for_plain_rows():
+    from pointdr2.bench import cases_pointnext, cases_transformer
+
+    cpu = torch.device("cpu")
+    mae, _, _ = cases_transformer.build_case("pointmae", "conventional", None, 1, 64, 0.0, 1.0, cpu)
+    assert mae.depth_label == "12"  # --depths unset: Point-MAE's 12 blocks, not "None"
+    nxt, _, _ = cases_pointnext.build_case("pointnext-l", "dr2net", None, 1, 64, 0.5, 0.5, cpu)
+    assert nxt.depth_label == "1-3-5-3-3"
+    rows = [{"label": m, "mode": m, "depth": None, "depth_label": "1-3-5-3-3", "alpha": 0.5, "beta": 0.5,
+             "saved_bytes": s, "peak_bytes": None, "step_s": None} for m, s in (("conventional", 4.0), ("dr2net", 1.0))]
+    lines = memory.format_table(rows).splitlines()
+    conv, dr2 = lines[2].split(), lines[3].split()
+    assert conv[:4] == ["conventional", "1-3-5-3-3", "-", "-"]
+    assert dr2[:4] == ["dr2net", "1-3-5-3-3", "0.50", "0.50"] and dr2[6] == "0.250"  # saved / conventional

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from pointdr2.progress import bar as progress_bar
 from pointdr2.data.modelnet40 import detect_layout, read_lines, read_txt_points
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,13 @@ def write_fps_cache(root: str | Path, npoints: int = 8192, splits: tuple[str, ..
             continue
         split_file = folder / f"modelnet40_{split}.txt"
         ids = read_lines(split_file)
+        if not ids:
+            raise ValueError(f"{split_file} lists 0 shapes; expected one shape id per line (e.g. airplane_0001)")
         points: list[np.ndarray | None] = [None] * len(ids)
         labels: list[np.ndarray] = []
         pending: dict[int, list[tuple[int, np.ndarray]]] = {}
 
-        bar = tqdm(ids, desc=f"FPS cache {split} ({npoints} pts)", unit="shape", disable=not progress)
+        bar = progress_bar(ids, desc=f"FPS cache {split} ({npoints} pts)", unit="shape", enabled=progress)
         for k, shape_id in enumerate(bar):
             cls = shape_id.rsplit("_", 1)[0]
             if cls not in lookup:

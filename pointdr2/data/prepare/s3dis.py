@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from pointdr2.progress import bar as progress_bar
 from pointdr2.data.classes import S3DIS_ALIASES, S3DIS_CLASSES
 from pointdr2.data.common import SOURCES
 
@@ -88,7 +88,7 @@ def convert_s3dis(raw: str | Path, out: str | Path, overwrite: bool = False, pro
     if areas is not None:
         rooms = [r for r in rooms if int(r.parent.name.split("_")[1]) in areas]
     report = ConversionReport()
-    for room in tqdm(rooms, desc="S3DIS rooms", unit="room", disable=not progress):
+    for room in progress_bar(rooms, desc="S3DIS rooms", unit="room", enabled=progress):
         dest = target / f"{room.parent.name}_{room.name}.npy"
         ann = room / "Annotations"
         if not ann.is_dir():

@@ -25,6 +25,9 @@ def check_scanobjectnn(root: str | Path) -> list[dict]:
                 missing = exc
                 continue
             data, label, mask = read_h5(path, need_mask=False)
+            if len(label) == 0:  # training would refuse it later, after the user thought the data was ready
+                raise ValueError(f"{path}: the {variant} {split} split holds 0 samples; expected at least one "
+                                 "(a truncated or wrongly exported h5 file?)")
             try:
                 _, _, mask = read_h5(path, need_mask=True)
             except ValueError:
