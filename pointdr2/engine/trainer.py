@@ -394,23 +394,10 @@ class _Trainer:
         self.dist = dist_utils.DistInfo(world_size=check_world) if checking \
             else dist_utils.init_distributed(self.device.type)
         self.main = self.dist.is_main
-        if self.main:  # one run per directory (rank 0 holds it for all ranks)
-            if checking:
-                RunLock(self.run_dir).probe()
-            else:
-                self.lock = RunLock(self.run_dir).acquire()
-                remove_stale_temp_files(self.run_dir)
-        if self.force and not self.resume and self.main and self.run_dir.is_dir() and not checking:
-            # --force starts over: stale checkpoints, metrics, log and events of the old run would mislead.
-            removed = [n for n in ("last.pth", "best.pth", "metrics.json", "metrics.jsonl", "test_items.npz", "train.log")
-                       if (self.run_dir / n).is_file()]
-            for name in removed:
-                (self.run_dir / name).unlink()
-            if (self.run_dir / "tensorboard").is_dir():
-                shutil.rmtree(self.run_dir / "tensorboard")
-                removed.append("tensorboard/")
-            if removed:
-                log.warning("--force: removed %s from %s", ", ".join(removed), self.run_dir)
+        if self.main and checking:
+            RunLock(self.run_dir).probe()
+        elif self.main:
+            self._claim_run_dir()
         dist_utils.barrier()
         world = self.dist.world_size
         if t.batch_size % (t.accumulate * world):
@@ -500,6 +487,23 @@ class _Trainer:
         self.best_metric, self.best_epoch, self.last_metrics = -math.inf, -1, {}
         if self.ckpt is not None:
             self._restore(self.ckpt)
+
+    def _claim_run_dir(self) -> None:
+        """Rank 0, for every rank: lock the run directory (one run per directory), then the housekeeping
+        only the holder may do: temp files of a killed save, and --force's start over."""
+        self.lock = RunLock(self.run_dir).acquire()
+        remove_stale_temp_files(self.run_dir)
+        if self.force and not self.resume:
+            # stale checkpoints, metrics, log and events of the old run would mislead
+            removed = [n for n in ("last.pth", "best.pth", "metrics.json", "metrics.jsonl", "test_items.npz", "train.log")
+                       if (self.run_dir / n).is_file()]
+            for name in removed:
+                (self.run_dir / name).unlink()
+            if (self.run_dir / "tensorboard").is_dir():
+                shutil.rmtree(self.run_dir / "tensorboard")
+                removed.append("tensorboard/")
+            if removed:
+                log.warning("--force: removed %s from %s", ", ".join(removed), self.run_dir)
 
     def _check_resumed_config(self) -> None:
         saved = self.ckpt.get("config") or {}

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pointdr2.progress import bar as progress_bar
 from pointdr2.data.modelnet40 import detect_layout, read_lines, read_txt_points
+from pointdr2.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 

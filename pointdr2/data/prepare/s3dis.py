@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pointdr2.progress import bar as progress_bar
 from pointdr2.data.classes import S3DIS_ALIASES, S3DIS_CLASSES
 from pointdr2.data.common import SOURCES
+from pointdr2.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
