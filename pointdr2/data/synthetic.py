@@ -36,6 +36,9 @@ from pointdr2.data.classes import SYNTHETIC_MODELNET_CLASSES, SYNTHETIC_SCANOBJE
 
 log = logging.getLogger(__name__)
 
+# Bumped whenever a writer's output for the same size and seed changes (2: ScanObjectNN per-class streams).
+GENERATOR_VERSION = 2
+
 LAYOUTS = ("modelnet40-txt", "modelnet40-h5", "scanobjectnn", "s3dis-raw")
 
 # Per size: objects per class (train, test), points per object, rooms per area, areas, points per m^2.
@@ -606,38 +609,65 @@ def scanobject_sample(name: str, rng: np.random.Generator, points: int, perturbe
     return scene, mask, only
 
 
-def write_scanobjectnn(out: str | Path, size: str = "demo", seed: int = 0) -> Path:
-    """Write ``out/main_split/`` (OBJ_BG, PB_T50_RS) and ``out/main_split_nobg/`` (OBJ_ONLY) h5 files."""
+def _scanobjectnn_class(args: tuple[int, int, int, int, int, int]) -> tuple[list, list, list, list, list]:
+    """One (split, class) of ``write_scanobjectnn``: its own random stream, so classes run in any order."""
+    seed, split_index, label, count, points, pb_copies = args
+    rng = np.random.default_rng([seed, 15, split_index, label])
+    name = SYNTHETIC_SCANOBJECTNN_CLASSES[label]
+    bg, masks, only, pb, pb_masks = [], [], [], [], []
+    for _ in range(count):
+        scene, mask, obj = scanobject_sample(name, rng, points, perturbed=False)
+        bg.append(scene)
+        masks.append(mask)
+        only.append(obj)
+        for _ in range(pb_copies):
+            scene, mask, _ = scanobject_sample(name, rng, points, perturbed=True)
+            pb.append(scene)
+            pb_masks.append(mask)
+    return bg, masks, only, pb, pb_masks
+
+
+def write_scanobjectnn(out: str | Path, size: str = "demo", seed: int = 0, workers: int = 1) -> Path:
+    """Write ``out/main_split/`` (OBJ_BG, PB_T50_RS) and ``out/main_split_nobg/`` (OBJ_ONLY) h5 files.
+
+    Each (split, class) draws from its own random stream, so ``workers`` processes write the same bytes
+    as one.
+    """
     import h5py
 
     cfg = _size(size)
     root = Path(out)
-    rng = np.random.default_rng([seed, 15])
     for folder in ("main_split", "main_split_nobg"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    for split, file_split in (("train", "training"), ("test", "test")):
-        bg, masks, only, labels = [], [], [], []
-        pb, pb_masks, pb_labels = [], [], []
-        for label, name in enumerate(SYNTHETIC_SCANOBJECTNN_CLASSES):
-            for _ in range(cfg[split]):
-                scene, mask, obj = scanobject_sample(name, rng, cfg["points"], perturbed=False)
-                bg.append(scene)
-                masks.append(mask)
-                only.append(obj)
-                labels.append(label)
-                for _ in range(cfg["pb_copies"]):
-                    scene, mask, _ = scanobject_sample(name, rng, cfg["points"], perturbed=True)
-                    pb.append(scene)
-                    pb_masks.append(mask)
-                    pb_labels.append(label)
+    jobs = [(int(seed), i, label, cfg[split], cfg["points"], cfg["pb_copies"])
+            for i, split in enumerate(("train", "test")) for label in range(len(SYNTHETIC_SCANOBJECTNN_CLASSES))]
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_scanobjectnn_class, jobs))
+    else:
+        parts = [_scanobjectnn_class(job) for job in jobs]
+    n_cls = len(SYNTHETIC_SCANOBJECTNN_CLASSES)
+    for i, (split, file_split) in enumerate((("train", "training"), ("test", "test"))):
+        chunk = parts[i * n_cls:(i + 1) * n_cls]
+        bg = [x for c in chunk for x in c[0]]
+        masks = [x for c in chunk for x in c[1]]
+        only = [x for c in chunk for x in c[2]]
+        pb = [x for c in chunk for x in c[3]]
+        pb_masks = [x for c in chunk for x in c[4]]
+        labels = [label for label, c in enumerate(chunk) for _ in c[0]]
+        pb_labels = [label for label, c in enumerate(chunk) for _ in c[3]]
         files = {
             root / "main_split" / f"{file_split}_objectdataset.h5": (bg, masks, labels),
             root / "main_split_nobg" / f"{file_split}_objectdataset.h5":
                 (only, [np.ones(cfg["points"], dtype=np.int64)] * len(only), labels),
             root / "main_split" / f"{file_split}_objectdataset_augmentedrot_scale75.h5": (pb, pb_masks, pb_labels),
         }
+        order_rng = np.random.default_rng([seed, 15, i])
         for path, (data, mask, label) in files.items():
-            order = rng.permutation(len(data))
+            order = order_rng.permutation(len(data))
             with h5py.File(path, "w") as h:
                 h.create_dataset("data", data=np.stack(data)[order].astype(np.float32))
                 h.create_dataset("label", data=np.asarray(label, dtype=np.int64)[order])
@@ -794,13 +824,18 @@ WRITERS: dict[str, Callable[..., Path]] = {
 }
 
 
-def write_layout(layout: str, out: str | Path, size: str = "demo", seed: int = 0) -> tuple[Path, float]:
-    """Write one synthetic layout under ``out``; returns (the layout's folder, seconds taken)."""
+def write_layout(layout: str, out: str | Path, size: str = "demo", seed: int = 0, workers: int = 1,
+                 ) -> tuple[Path, float]:
+    """Write one synthetic layout under ``out``; returns (the layout's folder, seconds taken).
+
+    ``workers`` processes share the work where a writer can split it (ScanObjectNN); same bytes either way.
+    """
     if layout not in WRITERS:
         raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     _size(size)
     start = time.perf_counter()
-    path = WRITERS[layout](out, size=size, seed=int(seed))
+    extra = {"workers": int(workers)} if layout == "scanobjectnn" else {}
+    path = WRITERS[layout](out, size=size, seed=int(seed), **extra)
     seconds = time.perf_counter() - start
     log.info("synthetic %s (%s, seed %d) written to %s in %.1f s", layout, size, seed, path, seconds)
     return path, seconds

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from pointdr2.data.prepare.s3dis import convert_s3dis
-from pointdr2.data.synthetic import SIZES, write_layout
+from pointdr2.data.synthetic import GENERATOR_VERSION, SIZES, write_layout
 from pointdr2.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,10 @@ def data_dir(out: Path) -> Path:
 
 
 def generate(out: Path, size: str, layouts: tuple[str, ...], force: bool = False, seed: int = 0,
-             progress: bool = True) -> dict[str, dict]:
-    """Write every layout in ``layouts`` (skipped when written before with the same size and seed).
+             progress: bool = True, workers: int = 1) -> dict[str, dict]:
+    """Write every layout in ``layouts`` (skipped when written before with the same size, seed and generator).
+
+    ``workers`` processes share a layout's work where its writer can split it (the bytes do not change).
 
     Returns ``{layout: {"seconds": s, "folder": path}}`` for the layouts present afterwards.
     """
@@ -34,7 +36,7 @@ def generate(out: Path, size: str, layouts: tuple[str, ...], force: bool = False
     done: dict[str, dict] = {}
     for layout in progress_bar(layouts, desc="synthetic data", unit="set", leave=False, enabled=progress):
         marker = data / f".{layout}.json"
-        want = {"size": size, "seed": seed, "sizes": SIZES[size]}
+        want = {"size": size, "seed": seed, "sizes": SIZES[size], "generator": GENERATOR_VERSION}
         if marker.is_file() and not force:
             have = json.loads(marker.read_text())
             if {k: have.get(k) for k in want} == json.loads(json.dumps(want)):
@@ -47,7 +49,7 @@ def generate(out: Path, size: str, layouts: tuple[str, ...], force: bool = False
             convert_s3dis(raw, data / "s3dis", overwrite=True, progress=False)
             folder = data / "s3dis"
         elif layout == "scanobjectnn":
-            folder, _ = write_layout(layout, data / "scanobjectnn", size=size, seed=seed)
+            folder, _ = write_layout(layout, data / "scanobjectnn", size=size, seed=seed, workers=workers)
         else:
             folder, _ = write_layout(layout, data, size=size, seed=seed)
         record = {**want, "seconds": time.perf_counter() - t0, "folder": str(folder)}
