@@ -316,11 +316,12 @@ def dump_config(cfg: Mapping, path: str | os.PathLike | None = None) -> str:
 
 
 def find_config(name: str | os.PathLike) -> Path:
-    """Resolve a config path: as given, else relative to the repository's ``configs/`` folder."""
+    """Resolve a config path: as given, else relative to the shipped configs (``pointdr2/configs``, package
+    data: a wheel or ``pip install .`` carries them; the checkout's ``configs`` is a link to the same folder)."""
     candidates = [Path(name)]
-    repo_configs = Path(__file__).resolve().parent.parent / "configs"
-    candidates += [repo_configs / name, repo_configs / f"{name}.yaml"]
+    shipped = Path(__file__).resolve().parent / "configs"
+    candidates += [shipped / name, shipped / f"{name}.yaml"]
     for cand in candidates:
         if cand.is_file():
             return cand
-    raise ConfigError(f"config file not found: {name} (also looked in {repo_configs})")
+    raise ConfigError(f"config file not found: {name} (also looked in {shipped})")
