@@ -36,8 +36,9 @@ from pointdr2.data.classes import SYNTHETIC_MODELNET_CLASSES, SYNTHETIC_SCANOBJE
 
 log = logging.getLogger(__name__)
 
-# Bumped whenever a writer's output for the same size and seed changes (2: ScanObjectNN per-class streams).
-GENERATOR_VERSION = 2
+# Bumped whenever a writer's output for the same size and seed changes (2: ScanObjectNN per-class streams;
+# 3: PB_T50_RS copies on streams of their own).
+GENERATOR_VERSION = 3
 
 LAYOUTS = ("modelnet40-txt", "modelnet40-h5", "scanobjectnn", "s3dis-raw")
 
@@ -613,6 +614,7 @@ def _scanobjectnn_class(args: tuple[int, int, int, int, int, int]) -> tuple[list
     """One (split, class) of ``write_scanobjectnn``: its own random stream, so classes run in any order."""
     seed, split_index, label, count, points, pb_copies = args
     rng = np.random.default_rng([seed, 15, split_index, label])
+    rng_pb = np.random.default_rng([seed, 15, split_index, label, 1])  # PB_T50_RS: its own stream, so skippable
     name = SYNTHETIC_SCANOBJECTNN_CLASSES[label]
     bg, masks, only, pb, pb_masks = [], [], [], [], []
     for _ in range(count):
@@ -621,17 +623,18 @@ def _scanobjectnn_class(args: tuple[int, int, int, int, int, int]) -> tuple[list
         masks.append(mask)
         only.append(obj)
         for _ in range(pb_copies):
-            scene, mask, _ = scanobject_sample(name, rng, points, perturbed=True)
+            scene, mask, _ = scanobject_sample(name, rng_pb, points, perturbed=True)
             pb.append(scene)
             pb_masks.append(mask)
     return bg, masks, only, pb, pb_masks
 
 
-def write_scanobjectnn(out: str | Path, size: str = "demo", seed: int = 0, workers: int = 1) -> Path:
+def write_scanobjectnn(out: str | Path, size: str = "demo", seed: int = 0, workers: int = 1,
+                       pb_t50_rs: bool = True) -> Path:
     """Write ``out/main_split/`` (OBJ_BG, PB_T50_RS) and ``out/main_split_nobg/`` (OBJ_ONLY) h5 files.
 
     Each (split, class) draws from its own random stream, so ``workers`` processes write the same bytes
-    as one.
+    as one. ``pb_t50_rs=False`` skips the perturbed copies (half the work; OBJ_BG and OBJ_ONLY unchanged).
     """
     import h5py
 
@@ -639,7 +642,8 @@ def write_scanobjectnn(out: str | Path, size: str = "demo", seed: int = 0, worke
     root = Path(out)
     for folder in ("main_split", "main_split_nobg"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    jobs = [(int(seed), i, label, cfg[split], cfg["points"], cfg["pb_copies"])
+    jobs = [(int(seed), i, label, cfg[split], cfg["points"],
+             cfg["pb_copies"] if pb_t50_rs else 0)
             for i, split in enumerate(("train", "test")) for label in range(len(SYNTHETIC_SCANOBJECTNN_CLASSES))]
     if workers > 1:
         import multiprocessing
@@ -663,8 +667,12 @@ def write_scanobjectnn(out: str | Path, size: str = "demo", seed: int = 0, worke
             root / "main_split" / f"{file_split}_objectdataset.h5": (bg, masks, labels),
             root / "main_split_nobg" / f"{file_split}_objectdataset.h5":
                 (only, [np.ones(cfg["points"], dtype=np.int64)] * len(only), labels),
-            root / "main_split" / f"{file_split}_objectdataset_augmentedrot_scale75.h5": (pb, pb_masks, pb_labels),
         }
+        pb_path = root / "main_split" / f"{file_split}_objectdataset_augmentedrot_scale75.h5"
+        if pb_t50_rs:
+            files[pb_path] = (pb, pb_masks, pb_labels)
+        else:
+            pb_path.unlink(missing_ok=True)  # no stale PB_T50_RS of another seed or size beside the new files
         order_rng = np.random.default_rng([seed, 15, i])
         for path, (data, mask, label) in files.items():
             order = order_rng.permutation(len(data))
@@ -825,16 +833,17 @@ WRITERS: dict[str, Callable[..., Path]] = {
 
 
 def write_layout(layout: str, out: str | Path, size: str = "demo", seed: int = 0, workers: int = 1,
-                 ) -> tuple[Path, float]:
+                 pb_t50_rs: bool = True) -> tuple[Path, float]:
     """Write one synthetic layout under ``out``; returns (the layout's folder, seconds taken).
 
     ``workers`` processes share the work where a writer can split it (ScanObjectNN); same bytes either way.
+    ``pb_t50_rs=False``: ScanObjectNN without its PB_T50_RS files.
     """
     if layout not in WRITERS:
         raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     _size(size)
     start = time.perf_counter()
-    extra = {"workers": int(workers)} if layout == "scanobjectnn" else {}
+    extra = {"workers": int(workers), "pb_t50_rs": bool(pb_t50_rs)} if layout == "scanobjectnn" else {}
     path = WRITERS[layout](out, size=size, seed=int(seed), **extra)
     seconds = time.perf_counter() - start
     log.info("synthetic %s (%s, seed %d) written to %s in %.1f s", layout, size, seed, path, seconds)

@@ -24,10 +24,11 @@ def data_dir(out: Path) -> Path:
 
 
 def generate(out: Path, size: str, layouts: tuple[str, ...], force: bool = False, seed: int = 0,
-             progress: bool = True, workers: int = 1) -> dict[str, dict]:
+             progress: bool = True, workers: int = 1, pb_t50_rs: bool = True) -> dict[str, dict]:
     """Write every layout in ``layouts`` (skipped when written before with the same size, seed and generator).
 
-    ``workers`` processes share a layout's work where its writer can split it (the bytes do not change).
+    ``workers`` processes share a layout's work where its writer can split it (the bytes do not change);
+    ``pb_t50_rs=False`` writes ScanObjectNN without its PB_T50_RS files (a later call that wants them rewrites).
 
     Returns ``{layout: {"seconds": s, "folder": path}}`` for the layouts present afterwards.
     """
@@ -37,6 +38,8 @@ def generate(out: Path, size: str, layouts: tuple[str, ...], force: bool = False
     for layout in progress_bar(layouts, desc="synthetic data", unit="set", leave=False, enabled=progress):
         marker = data / f".{layout}.json"
         want = {"size": size, "seed": seed, "sizes": SIZES[size], "generator": GENERATOR_VERSION}
+        if layout == "scanobjectnn":
+            want["pb_t50_rs"] = bool(pb_t50_rs)
         if marker.is_file() and not force:
             have = json.loads(marker.read_text())
             if {k: have.get(k) for k in want} == json.loads(json.dumps(want)):
@@ -49,7 +52,8 @@ def generate(out: Path, size: str, layouts: tuple[str, ...], force: bool = False
             convert_s3dis(raw, data / "s3dis", overwrite=True, progress=False)
             folder = data / "s3dis"
         elif layout == "scanobjectnn":
-            folder, _ = write_layout(layout, data / "scanobjectnn", size=size, seed=seed, workers=workers)
+            folder, _ = write_layout(layout, data / "scanobjectnn", size=size, seed=seed, workers=workers,
+                                     pb_t50_rs=pb_t50_rs)
         else:
             folder, _ = write_layout(layout, data, size=size, seed=seed)
         record = {**want, "seconds": time.perf_counter() - t0, "folder": str(folder)}

@@ -119,3 +119,13 @@ def test_scanobjectnn_workers_write_the_same_bytes(tmp_path):
         labels = f["label"][:]
     assert np.bincount(labels).tolist() == [3] * 15  # every class, shuffled
     assert not np.all(np.diff(labels) >= 0)
+
+
+def test_scanobjectnn_without_pb_t50_rs_keeps_the_other_variants(tmp_path):
+    full, _ = write_layout("scanobjectnn", tmp_path / "full", size="test", seed=1)
+    light, _ = write_layout("scanobjectnn", tmp_path / "light", size="test", seed=1, pb_t50_rs=False)
+    assert not list(light.rglob("*augmentedrot*")) and len(list(full.rglob("*augmentedrot*"))) == 2
+    for rel in ("main_split/training_objectdataset.h5", "main_split_nobg/test_objectdataset.h5"):
+        assert _h5_bytes(full / rel) == _h5_bytes(light / rel)
+    write_layout("scanobjectnn", full, size="test", seed=2, pb_t50_rs=False)  # rewriting drops the old PB files
+    assert not list(full.rglob("*augmentedrot*"))
