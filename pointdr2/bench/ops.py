@@ -1,7 +1,8 @@
 """``pointdr2 bench ops``: every op backend side by side with a compiled anchor, in one run.
 
 The anchor is open3d.ml.torch's CPU ops (compiled C++, shipped in the open3d-cpu wheel) when they
-load beside the installed torch; otherwise the ``cpp`` backend takes its place and the table says
+load beside the installed torch; otherwise the ``cpp`` backend is the timing anchor and the indices
+are checked against a NumPy float64 brute force (never a backend against itself), and the table says
 so. Each row reports the median over ``--repeat`` timed runs (after one warm-up), the ratio to the
 anchor (``x anchor`` > 1 means slower), the process CPU time (all threads; it shows the work done
 when the machine is busy) and whether the indices agree exactly with the anchor.
@@ -32,6 +33,7 @@ class Case:
     inputs: dict
     ours: Callable[[dict], object]
     anchor: Callable[[object, dict], object] | None  # (ml3d module, inputs) -> comparable output
+    reference: Callable[[dict], torch.Tensor]  # NumPy float64 brute force: the indices when open3d cannot load
 
 
 def room_crop(batch: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -68,28 +70,72 @@ def _cases(quick: bool) -> list[Case]:
     room = room_crop(b, n)
     cases.append(Case("furthest_point_sample", f"{b}x{n}->{m}", {"xyz": room, "npoint": m},
                       lambda a: ops.furthest_point_sample(a["xyz"], a["npoint"]),
-                      lambda ml, a: ml.ops.furthest_point_sampling(a["xyz"], a["npoint"]).long()))
+                      lambda ml, a: ml.ops.furthest_point_sampling(a["xyz"], a["npoint"]).long(),
+                      lambda a: _np_fps(a["xyz"], a["npoint"])))
     obj = object_cloud(32, 1024)
     cases.append(Case("furthest_point_sample", "32x1024->64", {"xyz": obj, "npoint": 64},
                       lambda a: ops.furthest_point_sample(a["xyz"], a["npoint"]),
-                      lambda ml, a: ml.ops.furthest_point_sampling(a["xyz"], a["npoint"]).long()))
+                      lambda ml, a: ml.ops.furthest_point_sampling(a["xyz"], a["npoint"]).long(),
+                      lambda a: _np_fps(a["xyz"], a["npoint"])))
     b, s, n = ball
     pts = room_crop(b, n, seed=2)
     centres = pts[:, torch.randperm(n, generator=torch.Generator().manual_seed(0))[:s]].contiguous()
     cases.append(Case("ball_query", f"{b}x{s} in {n}, r=0.1, 32", {"xyz": pts, "new_xyz": centres},
                       lambda a: ops.ball_query(a["xyz"], a["new_xyz"], 0.1, 32),
-                      lambda ml, a: ml.ops.ball_query(a["xyz"], a["new_xyz"], 0.1, 32).long()))
+                      lambda ml, a: ml.ops.ball_query(a["xyz"], a["new_xyz"], 0.1, 32).long(),
+                      lambda a: _np_ball_query(a["xyz"], a["new_xyz"], 0.1, 32)))
     queries = obj[:, :64].contiguous()
     cases.append(Case("knn", "32x64 in 1024, k=32", {"query": queries, "support": obj},
                       lambda a: ops.knn(a["query"], a["support"], 32)[1],
-                      _o3d_knn))
+                      _o3d_knn, lambda a: _np_knn(a["query"], a["support"], 32)))
     b, n, m = tnn
     unknown = room_crop(b, n, seed=3)
     known = unknown[:, torch.randperm(n, generator=torch.Generator().manual_seed(1))[:m]].contiguous()
     cases.append(Case("three_nn", f"{b}x{n} in {m}", {"unknown": unknown, "known": known},
                       lambda a: ops.three_nn(a["unknown"], a["known"])[1],
-                      lambda ml, a: ml.ops.three_nn(a["unknown"], a["known"])[1].long()))
+                      lambda ml, a: ml.ops.three_nn(a["unknown"], a["known"])[1].long(),
+                      lambda a: _np_knn(a["unknown"], a["known"], 3)))
     return cases
+
+
+# NumPy float64 brute force, row blocks of 1,024 queries; ties go to the lowest index, as in every backend.
+def _sq_dist(q: np.ndarray, s: np.ndarray) -> np.ndarray:
+    return ((q[:, None, :] - s[None, :, :]) ** 2).sum(axis=-1)
+
+
+def _np_fps(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
+    pts = xyz.double().numpy()
+    out = np.zeros((pts.shape[0], npoint), dtype=np.int64)
+    for b, p in enumerate(pts):
+        mind = np.full(len(p), np.inf)
+        last = 0
+        for i in range(1, npoint):
+            mind = np.minimum(mind, ((p - p[last]) ** 2).sum(axis=1))
+            last = int(np.argmax(mind))  # the first maximum
+            out[b, i] = last
+    return torch.from_numpy(out)
+
+
+def _np_ball_query(xyz: torch.Tensor, new_xyz: torch.Tensor, radius: float, nsample: int) -> torch.Tensor:
+    pts, centres = xyz.double().numpy(), new_xyz.double().numpy()
+    out = np.zeros(centres.shape[:2] + (nsample,), dtype=np.int64)
+    for b in range(len(pts)):
+        for lo in range(0, centres.shape[1], 1024):
+            hit = _sq_dist(centres[b, lo:lo + 1024], pts[b]) < radius * radius
+            first = np.argsort(~hit, axis=1, kind="stable")[:, :nsample]  # hits in index order, then misses
+            count = np.minimum(hit.sum(axis=1), nsample)
+            block = np.where(np.arange(nsample) < count[:, None], first, first[:, :1])  # pad with the first hit
+            out[b, lo:lo + 1024] = np.where(count[:, None] > 0, block, 0)
+    return torch.from_numpy(out)
+
+
+def _np_knn(query: torch.Tensor, support: torch.Tensor, k: int) -> torch.Tensor:
+    q, s = query.double().numpy(), support.double().numpy()
+    out = np.zeros(q.shape[:2] + (k,), dtype=np.int64)
+    for b in range(len(q)):
+        for lo in range(0, q.shape[1], 1024):
+            out[b, lo:lo + 1024] = np.argsort(_sq_dist(q[b, lo:lo + 1024], s[b]), axis=1, kind="stable")[:, :k]
+    return torch.from_numpy(out)
 
 
 def _o3d_knn(ml, a: dict) -> torch.Tensor:
@@ -168,7 +214,9 @@ def run(args: argparse.Namespace) -> int:
                 ops.set_backend(name)
                 results[name] = _median_ms(lambda c=case: c.ours(c.inputs), args.repeat)
             if anchor_ms is None and "cpp" in results:
-                anchor_ms, _, anchor_out = results["cpp"]
+                anchor_ms = results["cpp"][0]  # the timing anchor; the indices are checked against NumPy
+            if anchor_out is None:
+                anchor_out = case.reference(case.inputs)
             for name, (ms, cpu_ms, out) in results.items():
                 rows.append({
                     "op": case.op, "case": case.label, "backend": name, "median_ms": round(ms, 3),
@@ -181,10 +229,12 @@ def run(args: argparse.Namespace) -> int:
         ops.set_backend(None if previous == "auto" else previous)
 
     if args.json:
-        print(json.dumps({"anchor": anchor_name if ml3d is not None else "cpp (" + anchor_name + ")",
+        print(json.dumps({"anchor": anchor_name if ml3d is not None else
+                          f"cpp for time, NumPy float64 brute force for indices ({anchor_name})",
                           "threads": torch.get_num_threads(), "rows": rows}, indent=1))
         return 0
-    anchor_text = anchor_name if ml3d is not None else f"cpp backend ({anchor_name})"
+    anchor_text = (anchor_name if ml3d is not None else
+                   f"cpp backend for time, NumPy float64 brute force for indices ({anchor_name})")
     lines = [f"anchor: {anchor_text}; CPU threads: {torch.get_num_threads()}; median of {args.repeat}", "",
              "| op | case | backend | median ms | CPU ms | x anchor | same indices as anchor |",
              "|---|---|---|---:|---:|---:|---|"]

@@ -18,7 +18,7 @@ def test_bench_ops_quick_json(capsys):
     ops = {r["op"] for r in rows}
     assert ops == {"furthest_point_sample", "ball_query", "knn", "three_nn"}
     assert all(r["median_ms"] > 0 for r in rows)
-    # every backend's indices equal the compiled anchor's (open3d, or cpp when open3d cannot load)
+    # every backend's indices equal the anchor's (open3d, or a NumPy brute force when open3d cannot load)
     assert all(r["matches_anchor"] for r in rows), [r for r in rows if not r["matches_anchor"]]
 
 
@@ -34,3 +34,24 @@ def test_bench_ops_argparse_errors(argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
+
+
+def test_without_open3d_the_indices_are_checked_against_numpy_not_cpp(capsys, monkeypatch):
+    """The fallback compares every backend, cpp included, with an independent brute force; a wrong op fails."""
+    from pointdr2 import ops
+    from pointdr2.bench import ops as bench_ops
+
+    monkeypatch.setattr(bench_ops, "_load_open3d", lambda: (None, "disabled by the test"))
+    backend = "cpp" if "cpp" in available_backends() else "torch"
+    assert main(["bench", "ops", "--quick", "--repeat", "1", "--json", "--backends", backend]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "NumPy float64 brute force" in report["anchor"] and {r["backend"] for r in report["rows"]} == {backend}
+    assert all(r["matches_anchor"] for r in report["rows"]), [r for r in report["rows"] if not r["matches_anchor"]]
+
+    real = ops.furthest_point_sample
+    monkeypatch.setattr(ops, "furthest_point_sample", lambda xyz, n: real(xyz, n).flip(-1))  # wrong order
+    assert main(["bench", "ops", "--quick", "--repeat", "1", "--json", "--backends", backend]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {r["op"]: r["matches_anchor"] for r in rows if r["op"] != "furthest_point_sample"} == {
+        "ball_query": True, "knn": True, "three_nn": True}
+    assert not any(r["matches_anchor"] for r in rows if r["op"] == "furthest_point_sample")
