@@ -8,7 +8,6 @@ A model family implements two protocol methods that the functions here dispatch 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Mapping
@@ -16,20 +15,16 @@ from typing import Any
 
 from torch import nn
 
-from pointdr2.models import point_transformer  # noqa: F401 - registers pointbert / pointmae
+# Each family registers itself on import. Both ship with the package and need nothing optional, so they are
+# imported plainly: a broken family is an ImportError here, not a model that silently went missing.
+from pointdr2.models import (
+    point_transformer,  # noqa: F401 - registers pointbert / pointmae
+    pointnext,  # noqa: F401 - registers pointnext
+)
 from pointdr2.models.checkpoints import LoadReport, load_into
 from pointdr2.models.registry import MODELS, get_builder, register_model
 
 log = logging.getLogger(__name__)
-
-# Other families register themselves on import; a missing or broken module must not break this one.
-for _family in ("pointdr2.models.pointnext",):
-    try:
-        importlib.import_module(_family)
-    except ModuleNotFoundError as _exc:  # pragma: no cover - depends on which files exist
-        log.debug("model family %s not available: %s", _family, _exc)
-    except Exception as _exc:  # noqa: BLE001 - pragma: no cover - a broken family must not hide the others
-        log.warning("model family %s failed to import: %s", _family, _exc)
 
 __all__ = ["build_model", "load_pretrained", "to_dr2net", "LoadReport", "MODELS", "register_model"]
 
