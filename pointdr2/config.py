@@ -300,10 +300,54 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -
     for text in overrides:
         key, value, is_new = parse_override(text)
         _set_dotted(tree, key, value, is_new=is_new)
+    _check_types(tree, DEFAULTS)
     cfg = Config(tree)
     # Where the config came from, kept off the tree so dumps and comparisons see only settings.
     object.__setattr__(cfg, "_source_path", None if path is None else str(path))
     return cfg
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Keys whose value must be positive (the consumers would fail later with a message that names no key).
+POSITIVE = ("train.epochs", "train.batch_size", "train.lr", "train.accumulate", "eval.batch_size")
+
+
+def _check_types(tree: Mapping, defaults: Mapping, prefix: str = "") -> None:
+    """Every engine key's value has its default's kind (number, bool, text, list of numbers, section).
+
+    One-line ``ConfigError`` naming the full key, e.g. ``train.lr: expected a number, got 'abc' (str)``.
+    Keys whose default is None, and the open sections (dataset, model), are checked by their consumers.
+    """
+    for key, default in defaults.items():
+        full = f"{prefix}{key}"
+        if full in OPEN_SECTIONS or key not in tree or default is None:
+            continue
+        value = tree[key]
+        if isinstance(default, Mapping):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{full}: expected a section (a mapping of keys), got {value!r}")
+            _check_types(value, default, f"{full}.")
+            continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif _is_number(default):
+            ok, kind = _is_number(value), "a number"
+        elif isinstance(default, str):
+            if _is_number(value):  # run.dir=2024 is a name, not a number
+                tree[key] = value = str(value)
+            ok, kind = isinstance(value, str), "text"
+        elif isinstance(default, (list, tuple)):
+            ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(map(_is_number, value))
+            kind = f"a list of {len(default)} numbers"
+        else:  # pragma: no cover - every default is one of the kinds above
+            continue
+        if not ok:
+            raise ConfigError(f"{full}: expected {kind}, got {value!r} ({type(value).__name__})")
+        if full in POSITIVE and not value > 0:
+            raise ConfigError(f"{full}: expected a positive number, got {value!r}")
 
 
 def dump_config(cfg: Mapping, path: str | os.PathLike | None = None) -> str:

@@ -88,3 +88,23 @@ def test_dump_round_trip(tmp_path):
     assert again["train"]["epochs"] == 7 and again["model"]["name"] == "pointmae"
     # the dump itself is a valid config file
     assert load_config(out).to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=abc", "train.lr: expected a number, got 'abc' (str)"),
+    ("train.lr=-1", "train.lr: expected a positive number, got -1"),
+    ("train.batch_size=0", "train.batch_size: expected a positive number, got 0"),
+    ("finetune.alpha=[1]", "finetune.alpha: expected a list of 2 numbers, got [1] (list)"),
+    ("train.deterministic=3", "train.deterministic: expected true or false, got 3 (int)"),
+    ("finetune.shape=[1, 2]", "finetune.shape: expected text, got [1, 2] (list)"),
+])
+def test_values_are_checked_by_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == message
+
+
+def test_checked_values_that_pass():
+    cfg = load_config(None, ["train.lr=0.1", "train.warmup_epochs=0.5", "run.dir=2024", "finetune.alpha=[1, 0.5]"])
+    assert cfg.train.lr == 0.1 and cfg.train.warmup_epochs == 0.5 and cfg.finetune.alpha == [1, 0.5]
+    assert cfg.run.dir == "2024"  # a number given for a text key is that text
