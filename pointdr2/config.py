@@ -320,6 +320,7 @@ def _check_types(tree: Mapping, defaults: Mapping, prefix: str = "") -> None:
 
     One-line ``ConfigError`` naming the full key, e.g. ``train.lr: expected a number, got 'abc' (str)``.
     Keys whose default is None, and the open sections (dataset, model), are checked by their consumers.
+    A number given for a text key is replaced in ``tree`` by its text (``run.dir=2024``).
     """
     for key, default in defaults.items():
         full = f"{prefix}{key}"

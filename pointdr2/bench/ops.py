@@ -124,8 +124,8 @@ def _np_ball_query(xyz: torch.Tensor, new_xyz: torch.Tensor, radius: float, nsam
             hit = _sq_dist(centres[b, lo:lo + 1024], pts[b]) < radius * radius
             first = np.argsort(~hit, axis=1, kind="stable")[:, :nsample]  # hits in index order, then misses
             count = np.minimum(hit.sum(axis=1), nsample)
-            block = np.where(np.arange(nsample) < count[:, None], first, first[:, :1])  # pad with the first hit
-            out[b, lo:lo + 1024] = np.where(count[:, None] > 0, block, 0)
+            # pad with the first hit; a centre without hits gets index 0 (all misses: first[:, 0] is 0)
+            out[b, lo:lo + 1024] = np.where(np.arange(nsample) < count[:, None], first, first[:, :1])
     return torch.from_numpy(out)
 
 

@@ -610,23 +610,30 @@ def scanobject_sample(name: str, rng: np.random.Generator, points: int, perturbe
     return scene, mask, only
 
 
-def _scanobjectnn_class(args: tuple[int, int, int, int, int, int]) -> tuple[list, list, list, list, list]:
-    """One (split, class) of ``write_scanobjectnn``: its own random stream, so classes run in any order."""
+SCANOBJECTNN_PARTS = ("bg", "masks", "only", "pb", "pb_masks")
+
+
+def _scanobjectnn_class(args: tuple[int, int, int, int, int, int]) -> dict[str, list]:
+    """One (split, class) of ``write_scanobjectnn``: its own random stream, so classes run in any order.
+
+    Returns ``SCANOBJECTNN_PARTS`` -> samples: with-background scenes and masks, object-only clouds, and
+    the PB_T50_RS scenes and masks (``pb_copies`` per object).
+    """
     seed, split_index, label, count, points, pb_copies = args
     rng = np.random.default_rng([seed, 15, split_index, label])
     rng_pb = np.random.default_rng([seed, 15, split_index, label, 1])  # PB_T50_RS: its own stream, so skippable
     name = SYNTHETIC_SCANOBJECTNN_CLASSES[label]
-    bg, masks, only, pb, pb_masks = [], [], [], [], []
+    out: dict[str, list] = {k: [] for k in SCANOBJECTNN_PARTS}
     for _ in range(count):
         scene, mask, obj = scanobject_sample(name, rng, points, perturbed=False)
-        bg.append(scene)
-        masks.append(mask)
-        only.append(obj)
+        out["bg"].append(scene)
+        out["masks"].append(mask)
+        out["only"].append(obj)
         for _ in range(pb_copies):
             scene, mask, _ = scanobject_sample(name, rng_pb, points, perturbed=True)
-            pb.append(scene)
-            pb_masks.append(mask)
-    return bg, masks, only, pb, pb_masks
+            out["pb"].append(scene)
+            out["pb_masks"].append(mask)
+    return out
 
 
 def write_scanobjectnn(out: str | Path, size: str = "demo", seed: int = 0, workers: int = 1,
@@ -655,22 +662,18 @@ def write_scanobjectnn(out: str | Path, size: str = "demo", seed: int = 0, worke
         parts = [_scanobjectnn_class(job) for job in jobs]
     n_cls = len(SYNTHETIC_SCANOBJECTNN_CLASSES)
     for i, (split, file_split) in enumerate((("train", "training"), ("test", "test"))):
-        chunk = parts[i * n_cls:(i + 1) * n_cls]
-        bg = [x for c in chunk for x in c[0]]
-        masks = [x for c in chunk for x in c[1]]
-        only = [x for c in chunk for x in c[2]]
-        pb = [x for c in chunk for x in c[3]]
-        pb_masks = [x for c in chunk for x in c[4]]
-        labels = [label for label, c in enumerate(chunk) for _ in c[0]]
-        pb_labels = [label for label, c in enumerate(chunk) for _ in c[3]]
+        chunk = parts[i * n_cls:(i + 1) * n_cls]  # classes in label order
+        merged = {k: [x for c in chunk for x in c[k]] for k in SCANOBJECTNN_PARTS}
+        labels = [label for label, c in enumerate(chunk) for _ in c["bg"]]
         files = {
-            root / "main_split" / f"{file_split}_objectdataset.h5": (bg, masks, labels),
+            root / "main_split" / f"{file_split}_objectdataset.h5": (merged["bg"], merged["masks"], labels),
             root / "main_split_nobg" / f"{file_split}_objectdataset.h5":
-                (only, [np.ones(cfg["points"], dtype=np.int64)] * len(only), labels),
+                (merged["only"], [np.ones(cfg["points"], dtype=np.int64)] * len(labels), labels),
         }
         pb_path = root / "main_split" / f"{file_split}_objectdataset_augmentedrot_scale75.h5"
         if pb_t50_rs:
-            files[pb_path] = (pb, pb_masks, pb_labels)
+            pb_labels = [label for label, c in enumerate(chunk) for _ in c["pb"]]
+            files[pb_path] = (merged["pb"], merged["pb_masks"], pb_labels)
         else:
             pb_path.unlink(missing_ok=True)  # no stale PB_T50_RS of another seed or size beside the new files
         order_rng = np.random.default_rng([seed, 15, i])

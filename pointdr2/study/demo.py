@@ -1,6 +1,6 @@
 """``pointdr2 demo``: the embedded default, end to end on synthetic data in the official layouts.
 
-1. writes synthetic ModelNet40 (h5 layout) and ScanObjectNN (objects in background clutter) data;
+1. writes synthetic ModelNet40 (h5 layout) and ScanObjectNN (OBJ_BG and OBJ_ONLY; no PB_T50_RS) data;
 2. pretrains the evidence study's Point-MAE-layout transformer (12 blocks, reduced widths) on the
    ModelNet40-layout objects (supervised classification);
 3. finetunes the pretrained encoder on ScanObjectNN (the variant of ``configs/demo.yaml``: OBJ_ONLY) twice,
@@ -146,14 +146,14 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     pre, runs = _specs(out, s)
     log.info("[2/5] pretraining the point transformer on ModelNet40-layout objects")
     execute([pre], workers=1, threads=opts.workers, force=True, progress=opts.progress, desc="pretraining")
-    variant = str(runs["dr2net"].resolved().dataset.variant)
+    cfg = runs["dr2net"].resolved()  # the finetuning config, read once: its variant here, the step harness below
+    variant = str(cfg.dataset.variant)
     log.info("[3/5] finetuning on ScanObjectNN %s: conventional and dr2net side by side", variant)
     execute(list(runs.values()), workers=opts.workers, threads=1, force=True, progress=opts.progress,
             desc="finetuning")
     results = {m: read_run(spec, "oa") for m, spec in runs.items()}
 
     log.info("[4/5] activation memory and time of one training step")
-    cfg = runs["dr2net"].resolved()
     torch.set_num_threads(opts.workers)
     (a0, a1), (b0, b1) = ((float(v) for v in cfg.finetune.alpha), (float(v) for v in cfg.finetune.beta))
     cases = [("conventional", "conventional", (1.0, 0.0)), (f"dr2net start ({a0:g}, {b0:g})", "dr2net", (a0, b0)),
