@@ -290,6 +290,15 @@ class S3DISRoom:
         pos, feats = assemble(sample)
         return {"pos": pos, "feats": feats, "index": torch.from_numpy(idx)}
 
+    @staticmethod
+    def chunk_features(pos: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A crop of a pass as a training crop has it: positions from the crop's minimum and the
+        height feature (channel 3) above the crop's lowest point, not the room's floor."""
+        low = pos.min(dim=0).values
+        feats = feats.clone()
+        feats[3] = pos[:, 2] - low[2]
+        return pos - low, feats
+
     def passes(self) -> Iterator[dict]:
         """Yield every pass: ``{"pos": float32 [v, 3], "feats": float32 [4, v], "index": int64 [v]}``."""
         for p in range(self.num_passes):

@@ -103,14 +103,25 @@ def _accepts_keyword(fn: Callable, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def default_room_predictor(max_points: int | None = None) -> Callable:
-    """Whole-room inference through ``pointdr2.models.pointnext.predict_room`` (chunks of ``max_points``)."""
+ROOM_FORWARD_POINTS = 16384  # points per whole-room forward when crops are batched
+
+
+def default_room_predictor(max_points: int | None = None, batch: int | None = None) -> Callable:
+    """Whole-room inference through ``pointdr2.models.pointnext.predict_room``.
+
+    Passes larger than ``max_points`` run in crops of ``max_points`` points, ``batch`` crops per forward
+    (default: about 16,384 points per forward). Each crop goes through the room's ``chunk_features``
+    when it has one (S3DIS: the height feature measured from the crop's lowest point, as in a training
+    crop).
+    """
+    if batch is None:
+        batch = max(1, ROOM_FORWARD_POINTS // max_points) if max_points else 1
 
     def predict(net: nn.Module, room, device: torch.device, on_points: Callable | None = None) -> torch.Tensor:
         from pointdr2.models.pointnext import predict_room
 
         return predict_room(net, room.passes(), room.num_points, max_points=max_points, device=device,
-                            on_points=on_points)
+                            on_points=on_points, batch=batch, chunk_transform=getattr(room, "chunk_features", None))
 
     return predict
 

@@ -627,7 +627,8 @@ def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None
                  max_points: Optional[int] = None, device: Optional[torch.device | str] = None,
                  chunk_transform: Optional[Callable[[torch.Tensor, torch.Tensor],
                                                     tuple[torch.Tensor, torch.Tensor]]] = None,
-                 progress: bool = False, on_points: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+                 progress: bool = False, on_points: Optional[Callable[[int], None]] = None,
+                 batch: int = 1) -> torch.Tensor:
     """Per-point logits of a whole room from its voxel passes, without running out of memory.
 
     Args:
@@ -648,6 +649,9 @@ def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None
         on_points: called after every forward with the number of pass points it covered for the
             first time; over a room the calls sum to the points of all passes (a progress counter
             for callers that show points, as whole-room evaluation does).
+        batch: chunks of a pass forwarded together (they all have ``max_points`` points). The
+            model must treat samples independently (eval mode: BatchNorm running statistics), so
+            the logits are those of one chunk at a time up to float rounding; 1 runs them singly.
 
     Returns:
         float32 ``[num_points, K]`` on the CPU: the mean of the logits of every forward that
@@ -665,6 +669,8 @@ def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None
         device = first.device if first is not None else torch.device("cpu")
     if max_points is not None and (not isinstance(max_points, int) or max_points < 1):
         raise ValueError(f"max_points must be a positive integer or None, got {max_points!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
     total: Optional[torch.Tensor] = None
     count = torch.zeros(num_points, dtype=torch.float32)
     iterator: Iterable = passes
@@ -684,26 +690,33 @@ def predict_room(model: nn.Module, passes: Any, num_points: Optional[int] = None
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_points):
             raise ValueError(f"pass {k}: index out of range for a room of {num_points} points")
         covered = torch.zeros(pos.shape[0], dtype=torch.bool) if on_points is not None else None
-        for chunk in _chunks(pos, max_points):
-            cp = pos if chunk is None else pos[chunk]
-            cf = feats if chunk is None else feats[:, chunk]
-            ci = index if chunk is None else index[chunk]
-            if chunk is not None and chunk_transform is not None:
-                cp, cf = chunk_transform(cp, cf)
-            logits = model(cp.unsqueeze(0).to(device), cf.unsqueeze(0).to(device))[0]
-            logits = logits.transpose(0, 1).float().cpu()
-            if total is None:
-                total = torch.zeros(num_points, logits.shape[1], dtype=torch.float32)
-            total.index_add_(0, ci, logits)
-            count.index_add_(0, ci, torch.ones(ci.shape[0]))
-            if covered is not None:  # points of this pass covered for the first time (context excluded)
-                seen = covered if chunk is None else covered[chunk]
-                new = int((~seen).sum())
-                if chunk is None:
-                    covered.fill_(True)
-                else:
-                    covered[chunk] = True
-                on_points(new)
+        chunks = list(_chunks(pos, max_points))
+        for start in range(0, len(chunks), batch):
+            group = chunks[start:start + batch]
+            cps, cfs = [], []
+            for chunk in group:
+                cp = pos if chunk is None else pos[chunk]
+                cf = feats if chunk is None else feats[:, chunk]
+                if chunk is not None and chunk_transform is not None:
+                    cp, cf = chunk_transform(cp, cf)
+                cps.append(cp)
+                cfs.append(cf)
+            out = model(torch.stack(cps).to(device), torch.stack(cfs).to(device))
+            for chunk, logits in zip(group, out):
+                logits = logits.transpose(0, 1).float().cpu()
+                ci = index if chunk is None else index[chunk]
+                if total is None:
+                    total = torch.zeros(num_points, logits.shape[1], dtype=torch.float32)
+                total.index_add_(0, ci, logits)
+                count.index_add_(0, ci, torch.ones(ci.shape[0]))
+                if covered is not None:  # points of this pass covered for the first time (context excluded)
+                    seen = covered if chunk is None else covered[chunk]
+                    new = int((~seen).sum())
+                    if chunk is None:
+                        covered.fill_(True)
+                    else:
+                        covered[chunk] = True
+                    on_points(new)
     if total is None:
         raise ValueError("predict_room got no passes")
     return total / count.unsqueeze(1)  # 0/0 -> NaN marks uncovered points

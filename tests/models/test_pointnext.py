@@ -550,3 +550,71 @@ def test_predict_room_on_an_s3dis_room_matches_per_pass_scatter():
         ref = scatter_predictions(n, [p["index"] for p in passes],
                                   [model(p["pos"][None], p["feats"][None])[0] for p in passes])
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_room_batched_crops_equal_crops_one_at_a_time():
+    pos, feats = _room(3000, seed=13)
+    item = {"pos": pos, "feats": feats, "index": torch.arange(3000)}
+    model = _tiny_seg()
+    sizes = []
+    model.register_forward_hook(lambda m, args, out: sizes.append(tuple(args[0].shape[:2])))
+    single = predict_room(model, [item], 3000, max_points=700)
+    n_chunks = len(sizes)
+    sizes.clear()
+    batched = predict_room(model, [item], 3000, max_points=700, batch=4)
+    # the same crops, four per forward (the last forward takes the rest)
+    assert [b for b, _ in sizes] == [4] * (n_chunks // 4) + ([n_chunks % 4] if n_chunks % 4 else [])
+    assert {n for _, n in sizes} == {700}
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
+    # chunk_transform applies to every crop of a batch: a transform that zeroes the features
+    zero = predict_room(model, [item], 3000, max_points=700, batch=3,
+                        chunk_transform=lambda p, f: (p, torch.zeros_like(f)))
+    ref = predict_room(model, [{"pos": pos, "feats": torch.zeros_like(feats), "index": torch.arange(3000)}], 3000,
+                       max_points=700)
+    torch.testing.assert_close(zero, ref, rtol=1e-5, atol=1e-5)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="batch must be a positive integer"):
+            predict_room(model, [item], 3000, max_points=700, batch=bad)
+
+
+def test_s3dis_room_crop_features_measure_height_from_the_crop():
+    from pointdr2.data.s3dis import S3DISRoom
+
+    pos = torch.tensor([[1.0, 2.0, 1.5], [2.0, 1.0, 2.5], [1.5, 3.0, 2.0]])
+    feats = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9], [1.5, 2.5, 2.0]])
+    p, f = S3DISRoom.chunk_features(pos, feats)
+    torch.testing.assert_close(p, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.5, 2.0, 0.5]]))
+    torch.testing.assert_close(f[:3], feats[:3])  # colours unchanged
+    torch.testing.assert_close(f[3], torch.tensor([0.0, 1.0, 0.5]))  # height above the crop's lowest point
+    assert feats[3, 0] == 1.5  # the caller's tensor is left alone
+
+
+def test_default_room_predictor_batches_crops_and_uses_the_rooms_crop_features():
+    from pointdr2.engine.evaluator import default_room_predictor
+
+    calls = []
+
+    class Room:
+        num_points = 2000
+
+        def __init__(self):
+            pos, feats = _room(2000, seed=14)
+            self.item = {"pos": pos, "feats": feats, "index": torch.arange(2000)}
+
+        def passes(self):
+            yield self.item
+
+        @staticmethod
+        def chunk_features(p, f):
+            calls.append(p.shape[0])
+            return p, f
+
+    net = _PointwiseNet().eval()
+    shapes = []
+    net.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape[:2])))
+    room = Room()
+    out = default_room_predictor(max_points=512)(net, room, torch.device("cpu"))
+    assert calls and set(calls) == {512}
+    assert shapes[0] == (min(len(calls), 16384 // 512), 512)
+    with torch.no_grad():
+        torch.testing.assert_close(out, net(room.item["pos"][None], room.item["feats"][None])[0].T)
