@@ -6,8 +6,16 @@ are checked against a NumPy float64 brute force (never a backend against itself)
 so. Each row reports the median over ``--repeat`` timed runs (after one warm-up), the ratio to the
 anchor (``x anchor`` > 1 means slower), the process CPU time (all threads; it shows the work done
 when the machine is busy) and whether the indices agree exactly with the anchor.
-Clouds imitate the real workloads: an S3DIS-like room crop (floor, walls, clutter; metres) for the
-24,000-point cases, a unit-sphere object for the 1,024-point ones.
+Clouds imitate the real workloads: an S3DIS-like room crop (floor, walls, clutter; metres), exact
+planes and edges of a room, Gaussian clusters and a uniform box for the 24,000-point cases, large
+rooms for the 100,000- and 1,000,000-point FPS, a unit-sphere object for the 1,024-point ones.
+
+FPS has a second anchor when the ``fpsample`` package is importable: its
+``bucket_fps_kdline_sampling`` (h=7; h=9 for the million-point room, its docs' large-workload
+setting) from index 0 on the same clouds, one call per cloud (it has no batch dimension, so it
+runs on one thread); the table reports the ratio to it beside the ratio to open3d. Its indices
+follow its own rounding and tie rules, so "same indices" is informative only for it.
+Every case runs on one thread and again on all of torch's threads (``--threads`` picks one count).
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +44,9 @@ class Case:
     ours: Callable[[dict], object]
     anchor: Callable[[object, dict], object] | None  # (ml3d module, inputs) -> comparable output
     reference: Callable[[dict], torch.Tensor]  # NumPy float64 brute force: the indices when open3d cannot load
+    # heavy: too large for the pure-torch backend's Python loop and for the NumPy reference (the
+    # cpp backend's brute-force scan is the reference then, when open3d cannot load)
+    heavy: bool = False
 
 
 def room_crop(batch: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -50,6 +63,40 @@ def room_crop(batch: int, n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(u.astype(np.float32))
 
 
+def room_planes(batch: int, n: int, seed: int = 4) -> torch.Tensor:
+    """[batch, n, 3] float32 points exactly on a room's planes and edges: floor, ceiling, two walls,
+    the floor/wall edges, and a table top; no noise, so many points share coordinates."""
+    rng = np.random.default_rng(seed)
+    u = rng.random((batch, n, 3), dtype=np.float64) * np.array([6.0, 5.0, 3.0])
+    part = rng.integers(0, 7, size=(batch, n))
+    u[..., 2] = np.where(part == 0, 0.0, u[..., 2])                        # floor
+    u[..., 2] = np.where(part == 1, 3.0, u[..., 2])                        # ceiling
+    u[..., 0] = np.where(part == 2, 0.0, u[..., 0])                        # wall x = 0
+    u[..., 1] = np.where(part == 3, 5.0, u[..., 1])                        # wall y = 5
+    u[..., [0, 2]] = np.where((part == 4)[..., None], 0.0, u[..., [0, 2]])  # edge x = 0, z = 0
+    u[..., [1, 2]] = np.where((part == 5)[..., None], [5.0, 0.0], u[..., [1, 2]])  # edge y = 5, z = 0
+    table = part == 6
+    u[..., 0] = np.where(table, 2.0 + u[..., 0] / 6.0, u[..., 0])
+    u[..., 1] = np.where(table, 2.0 + u[..., 1] / 5.0, u[..., 1])
+    u[..., 2] = np.where(table, 0.75, u[..., 2])
+    return torch.from_numpy(u.astype(np.float32))
+
+
+def clusters(batch: int, n: int, seed: int = 5) -> torch.Tensor:
+    """[batch, n, 3] float32 Gaussian clusters of very different spreads (1 mm to 30 cm) in a 4 m box."""
+    rng = np.random.default_rng(seed)
+    centres = rng.random((batch, 40, 3)) * 4.0
+    spread = np.geomspace(1e-3, 0.3, 40)
+    which = rng.integers(0, 40, size=(batch, n))
+    p = centres[np.arange(batch)[:, None], which] + rng.normal(size=(batch, n, 3)) * spread[which][..., None]
+    return torch.from_numpy(p.astype(np.float32))
+
+
+def uniform_box(batch: int, n: int, seed: int = 6) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.random((batch, n, 3), dtype=np.float32))
+
+
 def object_cloud(batch: int, n: int, seed: int = 1) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     p = rng.normal(size=(batch, n, 3))
@@ -58,44 +105,105 @@ def object_cloud(batch: int, n: int, seed: int = 1) -> torch.Tensor:
     return torch.from_numpy(p.astype(np.float32))
 
 
+INPUTS = {"room": room_crop, "planes": room_planes, "clusters": clusters, "uniform": uniform_box}
+
+
+def _fps_case(kind: str, b: int, n: int, m: int, heavy: bool = False, h: int = 7) -> Case:
+    from pointdr2 import ops
+
+    xyz = INPUTS[kind](b, n)
+    return Case("furthest_point_sample", f"{kind} {b}x{n:,}->{m:,}", {"xyz": xyz, "npoint": m, "h": h},
+                lambda a: ops.furthest_point_sample(a["xyz"], a["npoint"]),
+                lambda ml, a: ml.ops.furthest_point_sampling(a["xyz"], a["npoint"]).long(),
+                (lambda a: _cpp_scan_fps(a["xyz"], a["npoint"])) if heavy else (lambda a: _np_fps(a["xyz"], a["npoint"])),
+                heavy=heavy)
+
+
 def _cases(quick: bool) -> list[Case]:
     from pointdr2 import ops
 
     if quick:
-        fps_big, ball, tnn = (2, 2000, 500), (2, 500, 2000), (2, 2000, 500)
+        fps_sizes, fps_large = (2, 2000, 500), [(1, 20000, 200)]
+        ball, knn_big, tnn = (2, 500, 5000), (2, 500, 5000), (2, 2000, 500)
     else:
-        fps_big, ball, tnn = (8, 24000, 6000), (8, 6000, 24000), (8, 24000, 6000)
+        fps_sizes, fps_large = (8, 24000, 6000), [(2, 100000, 25000), (1, 1000000, 10000)]
+        ball, knn_big, tnn = (8, 6000, 24000), (8, 6000, 24000), (8, 24000, 6000)
     cases = []
-    b, n, m = fps_big
-    room = room_crop(b, n)
-    cases.append(Case("furthest_point_sample", f"{b}x{n}->{m}", {"xyz": room, "npoint": m},
-                      lambda a: ops.furthest_point_sample(a["xyz"], a["npoint"]),
-                      lambda ml, a: ml.ops.furthest_point_sampling(a["xyz"], a["npoint"]).long(),
-                      lambda a: _np_fps(a["xyz"], a["npoint"])))
+    b, n, m = fps_sizes
+    for kind in INPUTS:
+        cases.append(_fps_case(kind, b, n, m))
+    for b, n, m in fps_large:
+        cases.append(_fps_case("room", b, n, m, heavy=n * m > 10**9, h=9 if n >= 10**6 else 7))
     obj = object_cloud(32, 1024)
-    cases.append(Case("furthest_point_sample", "32x1024->64", {"xyz": obj, "npoint": 64},
+    cases.append(Case("furthest_point_sample", "object 32x1,024->64", {"xyz": obj, "npoint": 64, "h": 3},
                       lambda a: ops.furthest_point_sample(a["xyz"], a["npoint"]),
                       lambda ml, a: ml.ops.furthest_point_sampling(a["xyz"], a["npoint"]).long(),
                       lambda a: _np_fps(a["xyz"], a["npoint"])))
     b, s, n = ball
-    pts = room_crop(b, n, seed=2)
-    centres = pts[:, torch.randperm(n, generator=torch.Generator().manual_seed(0))[:s]].contiguous()
-    cases.append(Case("ball_query", f"{b}x{s} in {n}, r=0.1, 32", {"xyz": pts, "new_xyz": centres},
-                      lambda a: ops.ball_query(a["xyz"], a["new_xyz"], 0.1, 32),
-                      lambda ml, a: ml.ops.ball_query(a["xyz"], a["new_xyz"], 0.1, 32).long(),
-                      lambda a: _np_ball_query(a["xyz"], a["new_xyz"], 0.1, 32)))
+    for kind in ("room", "planes", "clusters"):
+        pts = INPUTS[kind](b, n, seed=2)
+        centres = pts[:, torch.randperm(n, generator=torch.Generator().manual_seed(0))[:s]].contiguous()
+        cases.append(Case("ball_query", f"{kind} {b}x{s:,} in {n:,}, r=0.1, 32", {"xyz": pts, "new_xyz": centres},
+                          lambda a: ops.ball_query(a["xyz"], a["new_xyz"], 0.1, 32),
+                          lambda ml, a: ml.ops.ball_query(a["xyz"], a["new_xyz"], 0.1, 32).long(),
+                          lambda a: _np_ball_query(a["xyz"], a["new_xyz"], 0.1, 32)))
+    b, s, n = knn_big
+    for kind in ("room", "planes", "clusters"):
+        pts = INPUTS[kind](b, n, seed=3)
+        queries = pts[:, torch.randperm(n, generator=torch.Generator().manual_seed(2))[:s]].contiguous()
+        cases.append(Case("knn", f"{kind} {b}x{s:,} in {n:,}, k=16", {"query": queries, "support": pts, "k": 16},
+                          lambda a: ops.knn(a["query"], a["support"], a["k"])[1],
+                          _o3d_knn, lambda a: _np_knn(a["query"], a["support"], a["k"])))
     queries = obj[:, :64].contiguous()
-    cases.append(Case("knn", "32x64 in 1024, k=32", {"query": queries, "support": obj},
-                      lambda a: ops.knn(a["query"], a["support"], 32)[1],
-                      _o3d_knn, lambda a: _np_knn(a["query"], a["support"], 32)))
+    cases.append(Case("knn", "object 32x64 in 1,024, k=32", {"query": queries, "support": obj, "k": 32},
+                      lambda a: ops.knn(a["query"], a["support"], a["k"])[1],
+                      _o3d_knn, lambda a: _np_knn(a["query"], a["support"], a["k"])))
     b, n, m = tnn
     unknown = room_crop(b, n, seed=3)
     known = unknown[:, torch.randperm(n, generator=torch.Generator().manual_seed(1))[:m]].contiguous()
-    cases.append(Case("three_nn", f"{b}x{n} in {m}", {"unknown": unknown, "known": known},
+    cases.append(Case("three_nn", f"room {b}x{n:,} in {m:,}", {"unknown": unknown, "known": known},
                       lambda a: ops.three_nn(a["unknown"], a["known"])[1],
                       lambda ml, a: ml.ops.three_nn(a["unknown"], a["known"])[1].long(),
                       lambda a: _np_knn(a["unknown"], a["known"], 3)))
     return cases
+
+
+def _cpp_scan_fps(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
+    """The cpp backend's brute-force scan (not its bucketed path): the reference where NumPy is too slow."""
+    from pointdr2.ops import cpp_backend
+
+    with cpp_backend.forced_path("brute"):
+        return cpp_backend.furthest_point_sample(xyz, npoint)
+
+
+def _fpsample_fps(fpsample, a: dict) -> torch.Tensor:
+    pts = a["xyz"].numpy()
+    return torch.from_numpy(np.stack([
+        np.asarray(fpsample.bucket_fps_kdline_sampling(p, a["npoint"], h=a["h"], start_idx=0), dtype=np.int64)
+        for p in pts]))
+
+
+def _load_fpsample():
+    try:
+        import fpsample
+
+        return fpsample
+    except Exception:  # noqa: BLE001 - optional anchor
+        return None
+
+
+def machine_description() -> str:
+    """CPU model and logical core count, for the table's header."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__}"
 
 
 # NumPy float64 brute force, row blocks of 1,024 queries; ties go to the lowest index, as in every backend.
@@ -144,7 +252,7 @@ def _o3d_knn(ml, a: dict) -> torch.Tensor:
     q, s = a["query"], a["support"]
     B, S, _ = q.shape
     N = s.shape[1]
-    k = 32
+    k = a["k"]
     ans = ml.ops.knn_search(s.reshape(-1, 3), q.reshape(-1, 3), k,
                             torch.arange(B + 1, dtype=torch.int64) * N,
                             torch.arange(B + 1, dtype=torch.int64) * S, return_distances=True)
@@ -180,7 +288,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     parser.add_argument("--backends", default=None,
                         help="comma-separated subset of the available CPU backends (default: all)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: each case on one thread and on all of torch's threads)")
+
+
+def _thread_counts(requested: int | None) -> list[int]:
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--threads must be >= 1; got {requested}")
+        return [requested]
+    every = torch.get_num_threads()
+    return [1] if every == 1 else [1, every]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,10 +306,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeat < 1:
         raise ValueError(f"--repeat must be >= 1; got {args.repeat}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1; got {args.threads}")
-        torch.set_num_threads(args.threads)
+    thread_counts = _thread_counts(args.threads)
     cpu = torch.device("cpu")
     backends = [b for b in ops.available_backends() if ops._backend_module(b).supports(cpu, torch.float32)]
     if args.backends:
@@ -201,46 +316,65 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--backends: {', '.join(unknown)} not available on CPU here; choose from {', '.join(backends)}")
         backends = wanted
     ml3d, anchor_name = _load_open3d()
-    previous = ops.get_backend()
+    fpsample = _load_fpsample()
+    previous, previous_threads = ops.get_backend(), torch.get_num_threads()
     rows = []
     try:
         for case in _cases(args.quick):
-            results = {}
-            anchor_ms, anchor_out = None, None
-            if ml3d is not None:
-                results["open3d"] = _median_ms(lambda c=case: c.anchor(ml3d, c.inputs), args.repeat)
-                anchor_ms, _, anchor_out = results["open3d"]
-            for name in backends:
-                ops.set_backend(name)
-                results[name] = _median_ms(lambda c=case: c.ours(c.inputs), args.repeat)
-            if anchor_ms is None and "cpp" in results:
-                anchor_ms = results["cpp"][0]  # the timing anchor; the indices are checked against NumPy
-            if anchor_out is None:
-                anchor_out = case.reference(case.inputs)
-            for name, (ms, cpu_ms, out) in results.items():
-                rows.append({
-                    "op": case.op, "case": case.label, "backend": name, "median_ms": round(ms, 3),
-                    "cpu_ms": round(cpu_ms, 3),
-                    "x_anchor": round(ms / anchor_ms, 2) if anchor_ms else None,
-                    "matches_anchor": bool(torch.equal(out, anchor_out)) if anchor_out is not None else None,
-                })
-                log.debug("%s %s %s %.2f ms", case.op, case.label, name, ms)
+            reference = None
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                results = {}
+                anchor_ms, anchor_out, fps_ms = None, None, None
+                if ml3d is not None:
+                    results["open3d"] = _median_ms(lambda c=case: c.anchor(ml3d, c.inputs), args.repeat)
+                    anchor_ms, _, anchor_out = results["open3d"]
+                if fpsample is not None and case.op == "furthest_point_sample":
+                    results["fpsample"] = _median_ms(lambda c=case: _fpsample_fps(fpsample, c.inputs), args.repeat)
+                    fps_ms = results["fpsample"][0]
+                for name in backends:
+                    if case.heavy and name != "cpp":
+                        continue  # a Python loop over 10^4 picks of 10^6 points: minutes per run
+                    ops.set_backend(name)
+                    results[name] = _median_ms(lambda c=case: c.ours(c.inputs), args.repeat)
+                if anchor_ms is None and "cpp" in results:
+                    anchor_ms = results["cpp"][0]  # the timing anchor; the indices are checked against NumPy
+                if anchor_out is None:
+                    if reference is None:
+                        reference = case.reference(case.inputs)
+                    anchor_out = reference
+                for name, (ms, cpu_ms, out) in results.items():
+                    rows.append({
+                        "op": case.op, "case": case.label, "threads": threads, "backend": name,
+                        "median_ms": round(ms, 3), "cpu_ms": round(cpu_ms, 3),
+                        "x_anchor": round(ms / anchor_ms, 2) if anchor_ms else None,
+                        "x_fpsample": round(ms / fps_ms, 2) if fps_ms else None,
+                        "matches_anchor": bool(torch.equal(out, anchor_out)) if anchor_out is not None else None,
+                    })
+                    log.debug("%s %s %s %d threads %.2f ms", case.op, case.label, name, threads, ms)
     finally:
         ops.set_backend(None if previous == "auto" else previous)
+        torch.set_num_threads(previous_threads)
 
-    if args.json:
-        print(json.dumps({"anchor": anchor_name if ml3d is not None else
-                          f"cpp for time, NumPy float64 brute force for indices ({anchor_name})",
-                          "threads": torch.get_num_threads(), "rows": rows}, indent=1))
-        return 0
     anchor_text = (anchor_name if ml3d is not None else
                    f"cpp backend for time, NumPy float64 brute force for indices ({anchor_name})")
-    lines = [f"anchor: {anchor_text}; CPU threads: {torch.get_num_threads()}; median of {args.repeat}", "",
-             "| op | case | backend | median ms | CPU ms | x anchor | same indices as anchor |",
-             "|---|---|---|---:|---:|---:|---|"]
+    fps_text = "fpsample (bucket_fps_kdline_sampling)" if fpsample is not None else "fpsample not installed"
+    if args.json:
+        print(json.dumps({"anchor": anchor_text if ml3d is not None else
+                          f"cpp for time, NumPy float64 brute force for indices ({anchor_name})",
+                          "fps_anchor": fps_text, "machine": machine_description(),
+                          "threads": thread_counts, "rows": rows}, indent=1))
+        return 0
+    lines = [f"machine: {machine_description()}",
+             f"anchor: {anchor_text}; FPS anchor: {fps_text}; CPU threads: "
+             f"{', '.join(map(str, thread_counts))}; median of {args.repeat}", "",
+             "| op | case | threads | backend | median ms | CPU ms | x anchor | x fpsample | same indices as anchor |",
+             "|---|---|---:|---|---:|---:|---:|---:|---|"]
     for r in rows:
         ratio = "-" if r["x_anchor"] is None else f"{r['x_anchor']:.2f}"
+        fps_ratio = "-" if r["x_fpsample"] is None else f"{r['x_fpsample']:.2f}"
         same = "-" if r["matches_anchor"] is None else ("yes" if r["matches_anchor"] else "no")
-        lines.append(f"| {r['op']} | {r['case']} | {r['backend']} | {r['median_ms']:.2f} | {r['cpu_ms']:.0f} | {ratio} | {same} |")
+        lines.append(f"| {r['op']} | {r['case']} | {r['threads']} | {r['backend']} | {r['median_ms']:.2f} | "
+                     f"{r['cpu_ms']:.0f} | {ratio} | {fps_ratio} | {same} |")
     print("\n".join(lines))
     return 0

@@ -20,7 +20,8 @@ the lower index; ``three_nn`` returns Euclidean (not squared) distances. Distanc
 float32 (float64 for float64 input) and carry no gradient; the index ops never record autograd.
 
 Backends: ``torch`` (pure PyTorch, always present), ``cpp`` (C++ CPU kernels, JIT-compiled on
-first use and cached under ``~/.cache/pointdr2``), ``triton`` (Triton GPU kernels, no install-time
+first use and cached under ``~/.cache/pointdr2``; on large clouds FPS, ball query and kNN run over
+kd-tree buckets that return exactly the brute-force results), ``triton`` (Triton GPU kernels, no install-time
 compile; also runs on CPU tensors with ``TRITON_INTERPRET=1``) and ``pointnet2_ops`` (the CUDA
 package, when importable). ``auto`` (the default) picks the fastest available backend for the
 tensor's device and dtype; ``set_backend(name)`` or ``POINTDR2_OPS_BACKEND`` override it. A backend

@@ -1,9 +1,9 @@
 """C++ CPU backend: ``csrc/grouping.cpp`` JIT-compiled with torch.utils.cpp_extension on first use.
 
 The build lives in ``~/.cache/pointdr2/ops-<key>`` (``POINTDR2_CACHE`` overrides the root), where
-the key hashes the source, the compiler flags, the torch version and the CPU's instruction-set
-flags, so it is compiled once per machine and torch install and later loads in well under a
-second. Nothing is compiled at import time or by :func:`is_available` (used by ``pointdr2 info``).
+the key hashes the source, the compiler flags, the torch version, the CPU's instruction-set flags
+and which torch installation and Python environment build it (see :func:`build_key`), so it is
+compiled once per machine and torch install and later loads in well under a second. Nothing is compiled at import time or by :func:`is_available` (used by ``pointdr2 info``).
 A failed build raises :class:`~pointdr2.ops.BackendUnavailable`; the dispatcher logs ONE warning
 and uses the torch backend from then on.
 """
@@ -39,6 +39,48 @@ _lock = threading.Lock()
 _module: ModuleType | None = None
 _error: str | None = None
 
+# Bucketed (kd-tree) paths: exact like the brute-force scans (same indices and distances bit for
+# bit; see csrc/grouping.cpp), faster on large inputs. The bucket sizes and the sizes from which the
+# tree is used are where it overtook the scan on one thread (tree build and traversal overheads
+# dominate below them; ball query's scan stops early once nsample hits are found, so it holds out
+# longer than kNN's). Bucket sizes: FPS leaves are swept once per pick, so larger is better; ball
+# query and kNN buckets are at most 64 points (one distance block).
+FPS_LEAF = 128
+SEARCH_LEAF = 64
+FPS_TREE_MIN_N = 4096          # FPS: points per cloud ...
+FPS_TREE_MIN_WORK = 1 << 22    # ... and N * npoint (distance evaluations of the scan)
+KNN_TREE_MIN_N = 1024          # kNN / three_nn: support points per cloud, queries per cloud, k * 8 <= N
+KNN_TREE_MIN_QUERIES = 64
+BALL_TREE_MIN_N = 4096         # ball query: points per cloud and queries per cloud
+BALL_TREE_MIN_QUERIES = 256
+_MAX_SEARCH_LEAF = 64
+_forced: tuple[str, int | None] | None = None
+
+
+@contextlib.contextmanager
+def forced_path(path: str, leaf: int | None = None):
+    """Run every cpp op on one path whatever the size: ``"tree"`` (kd-tree buckets of at most
+    ``leaf`` points; default the op's own bucket size; ball query and kNN take at most 64) or
+    ``"brute"`` (the full scans). For tests and benchmarks; not thread-safe."""
+    global _forced
+    if path not in ("tree", "brute"):
+        raise ValueError(f"path must be 'tree' or 'brute'; got {path!r}")
+    if leaf is not None and (not isinstance(leaf, int) or isinstance(leaf, bool) or leaf < 1):
+        raise ValueError(f"leaf must be a positive integer or None; got {leaf!r}")
+    previous, _forced = _forced, (path, leaf)
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def _leaf(use_tree: bool, default: int) -> int:
+    """The kernels' ``leaf`` argument: 0 for the brute-force scan, else the bucket size."""
+    if _forced is not None:
+        path, leaf = _forced
+        return (leaf or default) if path == "tree" else 0
+    return default if use_tree else 0
+
 
 def _cpu_flags() -> str:
     try:
@@ -51,10 +93,24 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _installation() -> tuple[str, ...]:
+    """Which torch installation and Python environment would build the extension.
+
+    Two environments with the same torch version still differ in the include and library paths
+    that torch's ``load()`` writes into ``build.ninja``; sharing one build directory made each of
+    them rewrite the file and recompile on every alternate load. The resolved torch package
+    directory and ``sys.prefix`` tell the installations apart.
+    """
+    torch_dir = Path(torch.__file__).resolve().parent
+    return str(torch_dir), str(Path(sys.prefix).resolve())
+
+
 def build_key() -> str:
+    """16 hex digits naming one build: source, flags, torch version and installation, Python, CPU."""
     h = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(),
-                 sys.version.encode(), platform.machine().encode(), _cpu_flags().encode()):
+                 sys.version.encode(), platform.machine().encode(), _cpu_flags().encode(),
+                 *(p.encode() for p in _installation())):
         h.update(part)
         h.update(b"\0")
     return h.hexdigest()[:16]
@@ -140,18 +196,28 @@ def furthest_point_sample(xyz: torch.Tensor, npoint: int, *, skip_origin: bool =
     from pointdr2.ops import origin_skip_mask
 
     skip = origin_skip_mask(xyz).to(torch.uint8) if skip_origin else torch.empty(0, dtype=torch.uint8)
-    return load().furthest_point_sample(xyz, int(npoint), skip)
+    n = xyz.shape[1]
+    leaf = _leaf(n >= FPS_TREE_MIN_N and n * npoint >= FPS_TREE_MIN_WORK, FPS_LEAF)
+    return load().furthest_point_sample(xyz, int(npoint), skip, leaf)
+
+
+def _knn_leaf(query: torch.Tensor, support: torch.Tensor, k: int) -> int:
+    n = support.shape[1]
+    use = n >= KNN_TREE_MIN_N and query.shape[1] >= KNN_TREE_MIN_QUERIES and 8 * k <= n
+    return min(_leaf(use, SEARCH_LEAF), _MAX_SEARCH_LEAF)
 
 
 def ball_query(xyz: torch.Tensor, new_xyz: torch.Tensor, radius: float, nsample: int) -> torch.Tensor:
-    return load().ball_query(xyz, new_xyz, radius_squared(radius, xyz.dtype), int(nsample))
+    use = xyz.shape[1] >= BALL_TREE_MIN_N and new_xyz.shape[1] >= BALL_TREE_MIN_QUERIES
+    leaf = min(_leaf(use, SEARCH_LEAF), _MAX_SEARCH_LEAF)
+    return load().ball_query(xyz, new_xyz, radius_squared(radius, xyz.dtype), int(nsample), leaf)
 
 
 def knn(query: torch.Tensor, support: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    dist, idx = load().knn(query, support, int(k))
+    dist, idx = load().knn(query, support, int(k), _knn_leaf(query, support, k))
     return dist, idx
 
 
 def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    sq, idx = load().knn(unknown, known, 3)
+    sq, idx = load().knn(unknown, known, 3, _knn_leaf(unknown, known, 3))
     return sq.sqrt_(), idx

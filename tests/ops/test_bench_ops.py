@@ -18,8 +18,25 @@ def test_bench_ops_quick_json(capsys):
     ops = {r["op"] for r in rows}
     assert ops == {"furthest_point_sample", "ball_query", "knn", "three_nn"}
     assert all(r["median_ms"] > 0 for r in rows)
-    # every backend's indices equal the anchor's (open3d, or a NumPy brute force when open3d cannot load)
-    assert all(r["matches_anchor"] for r in rows), [r for r in rows if not r["matches_anchor"]]
+    # every backend's indices equal the anchor's (open3d, or a NumPy brute force when open3d cannot load);
+    # fpsample follows rounding and tie rules of its own
+    ours = [r for r in rows if r["backend"] == backend]
+    assert all(r["matches_anchor"] for r in ours), [r for r in ours if not r["matches_anchor"]]
+    assert {r["threads"] for r in ours} == set(report["threads"]) and 1 in report["threads"]
+    cases = {r["case"] for r in ours if r["op"] == "furthest_point_sample"}
+    assert {c.split()[0] for c in cases} >= {"room", "planes", "clusters", "uniform"}
+    assert report["machine"] and "fps_anchor" in report
+
+
+def test_bench_ops_fpsample_anchor(capsys):
+    pytest.importorskip("fpsample")
+    backend = "cpp" if "cpp" in available_backends() else "torch"
+    assert main(["bench", "ops", "--quick", "--repeat", "1", "--json", "--backends", backend, "--threads", "1"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    fps_rows = [r for r in rows if r["op"] == "furthest_point_sample"]
+    assert {r["backend"] for r in fps_rows} >= {"fpsample", backend}
+    assert all(r["x_fpsample"] > 0 for r in fps_rows)  # both ratios on every FPS row
+    assert all(r["x_fpsample"] is None for r in rows if r["op"] != "furthest_point_sample")
 
 
 def test_bench_ops_bad_arguments(capsys):
@@ -45,13 +62,14 @@ def test_without_open3d_the_indices_are_checked_against_numpy_not_cpp(capsys, mo
     backend = "cpp" if "cpp" in available_backends() else "torch"
     assert main(["bench", "ops", "--quick", "--repeat", "1", "--json", "--backends", backend]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert "NumPy float64 brute force" in report["anchor"] and {r["backend"] for r in report["rows"]} == {backend}
-    assert all(r["matches_anchor"] for r in report["rows"]), [r for r in report["rows"] if not r["matches_anchor"]]
+    rows = [r for r in report["rows"] if r["backend"] != "fpsample"]
+    assert "NumPy float64 brute force" in report["anchor"] and {r["backend"] for r in rows} == {backend}
+    assert all(r["matches_anchor"] for r in rows), [r for r in rows if not r["matches_anchor"]]
 
     real = ops.furthest_point_sample
     monkeypatch.setattr(ops, "furthest_point_sample", lambda xyz, n: real(xyz, n).flip(-1))  # wrong order
     assert main(["bench", "ops", "--quick", "--repeat", "1", "--json", "--backends", backend]) == 0
-    rows = json.loads(capsys.readouterr().out)["rows"]
+    rows = [r for r in json.loads(capsys.readouterr().out)["rows"] if r["backend"] != "fpsample"]
     assert {r["op"]: r["matches_anchor"] for r in rows if r["op"] != "furthest_point_sample"} == {
         "ball_query": True, "knn": True, "three_nn": True}
     assert not any(r["matches_anchor"] for r in rows if r["op"] == "furthest_point_sample")

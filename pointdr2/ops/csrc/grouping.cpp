@@ -5,6 +5,12 @@
 // input precision, and the build disables FMA contraction, so boundary (d^2 == r^2) and tie
 // decisions are identical across backends. Coordinates are read from planar [B, 3, N] copies so
 // the inner loops are unit-stride and vectorise; batches/queries run under at::parallel_for.
+//
+// Every op has two exact paths: a brute-force scan over all N points, and (leaf > 0) a kd-tree
+// whose leaves ("buckets") hold at most `leaf` points. The tree only decides which points need
+// not be looked at; every distance it does compute is the brute-force expression, and it skips a
+// subtree only when a lower bound proves that no distance inside could change the answer (see
+// box_lower_bound), so both paths return the same indices and distances bit for bit.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -179,6 +185,401 @@ void knn_kernel(const T* planes, const T* q, int64_t B, int64_t N, int64_t S, in
   });
 }
 
+// ----------------------------------------------------------------------------- kd-tree buckets
+//
+// Exactness rests on one lemma. For a box [lo, hi] and a centre c, let q = clamp(c, lo, hi) and
+// LB = (fx*fx + fy*fy) + fz*fz with fx = q.x - c.x etc., all in T with round-to-nearest and no
+// FMA, i.e. the very expression the brute force evaluates for a point. Then for every point p in
+// the box the brute force's d(p, c) >= LB, with no rounding slack: per axis, p.x - c.x and
+// q.x - c.x have the same sign (or q.x == c.x) and |p.x - c.x| >= |q.x - c.x| exactly; IEEE
+// rounding is monotone, so the rounded differences keep that order in magnitude, and the rounded
+// squares and the two rounded sums (taken in the same order) are monotone in their operands.
+// Overflow to inf preserves the order too, and finite inputs never produce NaN. So a subtree
+// whose LB rules a change out (FPS: LB >= its largest minimum distance; ball query:
+// LB >= r^2; kNN: LB beyond the current k-th) contains no point that the brute force would treat
+// differently, and skipping it changes nothing.
+template <typename T>
+struct KdNode {
+  T lo[3], hi[3];   // bounding box of the node's points (their exact coordinates)
+  int32_t begin;    // the node's points are [begin, end) in tree order
+  int32_t end;
+  int32_t right;    // right child (the left child is node + 1); -1 for a leaf
+  int32_t min_id;   // lowest original index in the subtree
+};
+
+template <typename T>
+struct KdTree {
+  std::vector<KdNode<T>> nodes;  // preorder; nodes[0] is the root (absent for an empty tree)
+  std::vector<T> x, y, z;        // point coordinates in tree order (planar, unit stride in a leaf)
+  std::vector<int32_t> id;       // original index of each point
+};
+
+template <typename T>
+inline T box_lower_bound(const KdNode<T>& n, T cx, T cy, T cz) {
+  // Same operand order as the per-point expression (point minus centre); see the lemma above.
+  const T dx = std::min(std::max(cx, n.lo[0]), n.hi[0]) - cx;
+  const T dy = std::min(std::max(cy, n.lo[1]), n.hi[1]) - cy;
+  const T dz = std::min(std::max(cz, n.lo[2]), n.hi[2]) - cz;
+  return (dx * dx + dy * dy) + dz * dz;
+}
+
+// Tree construction: points are sorted along a Morton (Z-order) curve of their coordinates
+// quantised to 16 bits per axis (a linear-time radix sort: no branchy median selection, which
+// dominated the build on million-point clouds), then split recursively at the highest key bit on
+// which a node's points differ, i.e. at the midpoint of its quantisation cell along x, y or z in
+// turn. Only which point goes to which node depends on the quantisation; every box is the exact
+// bounding box of the points placed in its node, so the pruning bounds stay exact.
+constexpr int kMortonBits = 16;
+
+inline uint64_t spread_bits(uint64_t v) {  // bit i of v -> bit 3i (v < 2^16)
+  v &= 0xffff;
+  v = (v | v << 16) & 0x0000ff0000ffULL;
+  v = (v | v << 8) & 0x00f00f00f00fULL;
+  v = (v | v << 4) & 0x0c30c30c30c3ULL;
+  v = (v | v << 2) & 0x249249249249ULL;
+  return v;
+}
+
+struct KeyedId {
+  uint64_t key;
+  int32_t id;
+};
+
+// Stable LSD radix sort on the 48-bit keys, a byte per pass (256 buckets keep the scatter
+// cache-friendly); every histogram comes from one read, and a pass whose byte is the same for
+// every key is skipped. Stability keeps equal keys in increasing index order.
+inline void radix_sort(std::vector<KeyedId>& a) {
+  constexpr int kPasses = 3 * kMortonBits / 8;
+  std::vector<size_t> count(kPasses * 256, 0);
+  for (const KeyedId& e : a)
+    for (int p = 0; p < kPasses; ++p) ++count[p * 256 + ((e.key >> (8 * p)) & 255)];
+  std::vector<KeyedId> tmp(a.size());
+  for (int p = 0; p < kPasses; ++p) {
+    size_t* c = count.data() + p * 256;
+    if (c[(a[0].key >> (8 * p)) & 255] == a.size()) continue;
+    size_t sum = 0;
+    for (int d = 0; d < 256; ++d) {
+      const size_t here = c[d];
+      c[d] = sum;
+      sum += here;
+    }
+    for (const KeyedId& e : a) tmp[c[(e.key >> (8 * p)) & 255]++] = e;
+    a.swap(tmp);
+  }
+}
+
+template <typename T>
+int32_t build_node(KdTree<T>& t, const uint64_t* key, int32_t b, int32_t e, int64_t leaf) {
+  const int32_t node = static_cast<int32_t>(t.nodes.size());
+  t.nodes.emplace_back();
+  KdNode<T> n;
+  n.begin = b;
+  n.end = e;
+  n.right = -1;
+  if (e - b <= leaf) {
+    for (int a = 0; a < 3; ++a) {
+      n.lo[a] = std::numeric_limits<T>::infinity();
+      n.hi[a] = -std::numeric_limits<T>::infinity();
+    }
+    const T* c[3] = {t.x.data(), t.y.data(), t.z.data()};
+    int32_t min_id = std::numeric_limits<int32_t>::max();
+    for (int32_t i = b; i < e; ++i) {
+      for (int a = 0; a < 3; ++a) {
+        n.lo[a] = std::min(n.lo[a], c[a][i]);
+        n.hi[a] = std::max(n.hi[a], c[a][i]);
+      }
+      min_id = std::min(min_id, t.id[i]);
+    }
+    n.min_id = min_id;
+  } else {
+    int32_t m;
+    const uint64_t differ = key[b] ^ key[e - 1];  // sorted: bits above the highest set one are shared
+    if (differ == 0) {
+      m = b + (e - b) / 2;  // one quantisation cell: split by count (any split is correct)
+    } else {
+      const uint64_t bit = uint64_t(1) << (63 - __builtin_clzll(differ));
+      m = static_cast<int32_t>(std::partition_point(key + b, key + e, [bit](uint64_t k) { return !(k & bit); }) - key);
+    }
+    build_node(t, key, b, m, leaf);
+    n.right = build_node(t, key, m, e, leaf);
+    const KdNode<T>& l = t.nodes[node + 1];
+    const KdNode<T>& r = t.nodes[n.right];
+    for (int a = 0; a < 3; ++a) {
+      n.lo[a] = std::min(l.lo[a], r.lo[a]);
+      n.hi[a] = std::max(l.hi[a], r.hi[a]);
+    }
+    n.min_id = std::min(l.min_id, r.min_id);
+  }
+  t.nodes[node] = n;
+  return node;
+}
+
+// Tree over the points of one cloud xyz [N, 3] (row-major, as the op receives it: gathering whole
+// rows in Morton order touches one cache line per point), leaving out those with skip[j] != 0
+// (skip may be null).
+template <typename T>
+void build_tree(KdTree<T>& t, const T* xyz, const uint8_t* skip, int64_t N, int64_t leaf) {
+  T mn[3], mx[3];
+  for (int a = 0; a < 3; ++a) {
+    mn[a] = std::numeric_limits<T>::infinity();
+    mx[a] = -std::numeric_limits<T>::infinity();
+  }
+  for (int64_t j = 0; j < N; ++j) {
+    if (skip && skip[j]) continue;
+    for (int a = 0; a < 3; ++a) {
+      mn[a] = std::min(mn[a], xyz[3 * j + a]);
+      mx[a] = std::max(mx[a], xyz[3 * j + a]);
+    }
+  }
+  double scale[3];
+  for (int a = 0; a < 3; ++a) {
+    const double extent = double(mx[a]) - double(mn[a]);
+    scale[a] = extent > 0 ? double((1 << kMortonBits) - 1) / extent : 0.0;
+  }
+  std::vector<KeyedId> order;
+  order.reserve(N);
+  for (int64_t j = 0; j < N; ++j) {
+    if (skip && skip[j]) continue;
+    uint64_t k = 0;
+    for (int a = 0; a < 3; ++a) {
+      const double q = std::min((double(xyz[3 * j + a]) - double(mn[a])) * scale[a], double((1 << kMortonBits) - 1));
+      k |= spread_bits(static_cast<uint64_t>(q)) << (2 - a);
+    }
+    order.push_back({k, static_cast<int32_t>(j)});
+  }
+  const int32_t n = static_cast<int32_t>(order.size());
+  t.nodes.clear();
+  t.x.resize(n);
+  t.y.resize(n);
+  t.z.resize(n);
+  t.id.resize(n);
+  if (n == 0) return;
+  radix_sort(order);
+  std::vector<uint64_t> key(n);
+  for (int32_t i = 0; i < n; ++i) {
+    const int32_t j = order[i].id;
+    key[i] = order[i].key;
+    t.id[i] = j;
+    t.x[i] = xyz[3 * j];
+    t.y[i] = xyz[3 * j + 1];
+    t.z[i] = xyz[3 * j + 2];
+  }
+  leaf = std::max<int64_t>(1, leaf);
+  t.nodes.reserve(4 * (n / leaf + 1));
+  build_node(t, key.data(), 0, n, leaf);
+}
+
+// FPS state over the tree: mind[i] is the running minimum distance of the tree's i-th point;
+// best[node] / cand[node] the largest mind in the subtree and the lowest original index holding it.
+template <typename T>
+struct FpsTreeState {
+  std::vector<T> mind, best;
+  std::vector<int32_t> cand;
+};
+
+// Fold the new pick c into the subtree at `node`. A subtree with LB >= best[node] is left alone:
+// every point p there has d(p, c) >= LB >= best >= mind[p], so the brute force's min(mind, d)
+// keeps mind[p] (the update only takes a strictly smaller d).
+template <typename T>
+void fps_tree_update(const KdTree<T>& t, FpsTreeState<T>& s, int32_t node, T cx, T cy, T cz) {
+  using I = typename SameSizeInt<T>::type;
+  const KdNode<T>& n = t.nodes[node];
+  if (!(box_lower_bound(n, cx, cy, cz) < s.best[node])) return;
+  if (n.right < 0) {
+    const T* __restrict x = t.x.data();
+    const T* __restrict y = t.y.data();
+    const T* __restrict z = t.z.data();
+    T* __restrict md = s.mind.data();
+    I top = -1;  // non-negative floats order like their bit patterns (see fps_kernel)
+    for (int32_t j = n.begin; j < n.end; ++j) {
+      const T dx = x[j] - cx;
+      const T dy = y[j] - cy;
+      const T dz = z[j] - cz;
+      const T d = (dx * dx + dy * dy) + dz * dz;
+      const T m = d < md[j] ? d : md[j];
+      md[j] = m;
+      I bits;
+      std::memcpy(&bits, &m, sizeof(bits));
+      top = bits > top ? bits : top;
+    }
+    T top_value;
+    std::memcpy(&top_value, &top, sizeof(top_value));
+    // lowest original index holding the maximum (the brute force's first maximum)
+    const int32_t* __restrict id = t.id.data();
+    int32_t first = std::numeric_limits<int32_t>::max();
+    for (int32_t j = n.begin; j < n.end; ++j) first = md[j] == top_value && id[j] < first ? id[j] : first;
+    s.best[node] = top_value;
+    s.cand[node] = first;
+    return;
+  }
+  const int32_t l = node + 1, r = n.right;
+  fps_tree_update(t, s, l, cx, cy, cz);
+  fps_tree_update(t, s, r, cx, cy, cz);
+  // larger maximum wins; equal maxima go to the lower original index
+  const bool take_right = s.best[r] > s.best[l] || (s.best[r] == s.best[l] && s.cand[r] < s.cand[l]);
+  s.best[node] = take_right ? s.best[r] : s.best[l];
+  s.cand[node] = take_right ? s.cand[r] : s.cand[l];
+}
+
+// FPS over a kd-tree of the candidates (points not skipped; skipped ones never enter the maximum,
+// so their distances are not needed). Same picks as fps_kernel.
+template <typename T>
+void fps_tree_kernel(const T* xyz_all, const uint8_t* skip, int64_t B, int64_t N, int64_t npoint, int64_t leaf,
+                     int64_t* out) {
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    KdTree<T> t;
+    FpsTreeState<T> s;
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* xyz = xyz_all + b * 3 * N;
+      int64_t* o = out + b * npoint;
+      build_tree(t, xyz, skip ? skip + b * N : nullptr, N, leaf);
+      if (t.nodes.empty()) {  // no candidate at all: every pick is index 0, as in pointnet2_ops
+        std::fill(o, o + npoint, int64_t(0));
+        continue;
+      }
+      // Every mind starts at inf, so before any update a subtree's first maximum is its lowest index.
+      s.mind.assign(t.id.size(), std::numeric_limits<T>::infinity());
+      s.best.assign(t.nodes.size(), std::numeric_limits<T>::infinity());
+      s.cand.resize(t.nodes.size());
+      for (size_t i = 0; i < t.nodes.size(); ++i) s.cand[i] = t.nodes[i].min_id;
+      int64_t last = 0;
+      o[0] = 0;
+      for (int64_t i = 1; i < npoint; ++i) {
+        fps_tree_update(t, s, 0, xyz[3 * last], xyz[3 * last + 1], xyz[3 * last + 2]);
+        last = s.cand[0];
+        o[i] = last;
+      }
+    }
+  });
+}
+
+template <typename T>
+void build_trees(std::vector<KdTree<T>>& trees, const T* xyz, int64_t B, int64_t N, int64_t leaf) {
+  trees.resize(B);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) build_tree(trees[b], xyz + b * 3 * N, nullptr, N, leaf);
+  });
+}
+
+// Ball query: the nsample lowest indices with d^2 < r2, kept in a max-heap. A subtree is skipped
+// when LB >= r2 (no hit inside) or, once the heap is full, when its lowest index exceeds the
+// largest index kept (no hit inside could displace one).
+template <typename T>
+void ball_tree_visit(const KdTree<T>& t, int32_t node, T cx, T cy, T cz, T r2, int64_t nsample,
+                     std::vector<int32_t>& heap) {
+  const KdNode<T>& n = t.nodes[node];
+  const bool full = static_cast<int64_t>(heap.size()) == nsample;
+  if (full && n.min_id >= heap.front()) return;
+  if (!(box_lower_bound(n, cx, cy, cz) < r2)) return;
+  if (n.right >= 0) {
+    ball_tree_visit(t, node + 1, cx, cy, cz, r2, nsample, heap);
+    ball_tree_visit(t, n.right, cx, cy, cz, r2, nsample, heap);
+    return;
+  }
+  // distances of the whole bucket first (vectorised, the brute force's expression), then the hits
+  T d2[kBlock];
+  const int32_t len = n.end - n.begin;
+  sqdist_block(t.x.data() + n.begin, t.y.data() + n.begin, t.z.data() + n.begin, cx, cy, cz, len, d2);
+  int hits = 0;
+  for (int32_t j = 0; j < len; ++j) hits += d2[j] < r2;
+  if (!hits) return;
+  for (int32_t j = 0; j < len; ++j) {
+    if (!(d2[j] < r2)) continue;
+    const int32_t id = t.id[n.begin + j];
+    if (static_cast<int64_t>(heap.size()) < nsample) {
+      heap.push_back(id);
+      std::push_heap(heap.begin(), heap.end());
+    } else if (id < heap.front()) {
+      std::pop_heap(heap.begin(), heap.end());
+      heap.back() = id;
+      std::push_heap(heap.begin(), heap.end());
+    }
+  }
+}
+
+template <typename T>
+void ball_query_tree_kernel(const T* xyz, const T* q, int64_t B, int64_t N, int64_t S, T r2, int64_t nsample,
+                            int64_t leaf, int64_t* out) {
+  std::vector<KdTree<T>> trees;
+  build_trees(trees, xyz, B, N, leaf);
+  at::parallel_for(0, B * S, grain(64 * leaf), [&](int64_t i0, int64_t i1) {
+    std::vector<int32_t> heap;
+    heap.reserve(nsample);
+    for (int64_t i = i0; i < i1; ++i) {
+      const KdTree<T>& t = trees[i / S];
+      const T* c = q + i * 3;
+      int64_t* o = out + i * nsample;
+      heap.clear();
+      ball_tree_visit(t, 0, c[0], c[1], c[2], r2, nsample, heap);
+      if (heap.empty()) {
+        std::fill(o, o + nsample, int64_t(0));
+        continue;
+      }
+      std::sort_heap(heap.begin(), heap.end());  // ascending
+      const int64_t cnt = static_cast<int64_t>(heap.size());
+      for (int64_t j = 0; j < cnt; ++j) o[j] = heap[j];
+      std::fill(o + cnt, o + nsample, int64_t(heap[0]));  // empty slots repeat the first hit
+    }
+  });
+}
+
+// kNN: the k smallest (distance, index) pairs, the brute force's order. The list is kept sorted
+// by that pair; a subtree is skipped once the list is full and (LB, its lowest index) is not
+// below the k-th pair, since no point inside can then come before it.
+template <typename T>
+void knn_tree_visit(const KdTree<T>& t, int32_t node, const T* c, int64_t k, int64_t& filled, T* bd, int64_t* bi) {
+  const KdNode<T>& n = t.nodes[node];
+  if (n.right >= 0) {
+    const int32_t l = node + 1, r = n.right;
+    const T lb_l = box_lower_bound(t.nodes[l], c[0], c[1], c[2]);
+    const T lb_r = box_lower_bound(t.nodes[r], c[0], c[1], c[2]);
+    const int32_t first = lb_r < lb_l ? r : l, second = first == l ? r : l;
+    const T lb_first = first == l ? lb_l : lb_r, lb_second = first == l ? lb_r : lb_l;
+    for (int pass = 0; pass < 2; ++pass) {
+      const int32_t child = pass ? second : first;
+      const T lb = pass ? lb_second : lb_first;
+      if (filled == k && !(lb < bd[k - 1] || (lb == bd[k - 1] && t.nodes[child].min_id < bi[k - 1]))) continue;
+      knn_tree_visit(t, child, c, k, filled, bd, bi);
+    }
+    return;
+  }
+  T d2[kBlock];
+  const int32_t len = n.end - n.begin;
+  sqdist_block(t.x.data() + n.begin, t.y.data() + n.begin, t.z.data() + n.begin, c[0], c[1], c[2], len, d2);
+  if (filled == k) {  // vectorised test: can anything in this bucket reach the list?
+    const T worst = bd[k - 1];
+    int reach = 0;
+    for (int32_t j = 0; j < len; ++j) reach += d2[j] <= worst;
+    if (!reach) return;
+  }
+  for (int32_t j = 0; j < len; ++j) {
+    const T d = d2[j];
+    const int64_t id = t.id[n.begin + j];
+    if (filled == k && !(d < bd[k - 1] || (d == bd[k - 1] && id < bi[k - 1]))) continue;
+    int64_t pos = filled < k ? filled++ : k - 1;
+    while (pos > 0 && (d < bd[pos - 1] || (d == bd[pos - 1] && id < bi[pos - 1]))) {
+      bd[pos] = bd[pos - 1];
+      bi[pos] = bi[pos - 1];
+      --pos;
+    }
+    bd[pos] = d;
+    bi[pos] = id;
+  }
+}
+
+template <typename T>
+void knn_tree_kernel(const T* xyz, const T* q, int64_t B, int64_t N, int64_t S, int64_t k, int64_t leaf,
+                     T* dist, int64_t* idx) {
+  std::vector<KdTree<T>> trees;
+  build_trees(trees, xyz, B, N, leaf);
+  at::parallel_for(0, B * S, grain(64 * leaf), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t filled = 0;
+      knn_tree_visit(trees[i / S], 0, q + i * 3, k, filled, dist + i * k, idx + i * k);
+    }
+  });
+}
+
 at::Tensor planar(const at::Tensor& xyz) { return xyz.transpose(1, 2).contiguous(); }
 
 void check(const at::Tensor& t, const char* name) {
@@ -188,58 +589,80 @@ void check(const at::Tensor& t, const char* name) {
               " must be float32 or float64");
 }
 
+void check_leaf(int64_t leaf, int64_t N) {
+  TORCH_CHECK(leaf <= 0 || N <= std::numeric_limits<int32_t>::max(), "the kd-tree path takes N < 2^31 points");
+}
+
 }  // namespace
 
 // skip: uint8 [B, N] (1 = never picked after the first) or an empty tensor for none.
-at::Tensor furthest_point_sample(const at::Tensor& xyz, int64_t npoint, const at::Tensor& skip) {
+// leaf: 0 for the brute-force scan, > 0 for a kd-tree with at most `leaf` points per bucket.
+at::Tensor furthest_point_sample(const at::Tensor& xyz, int64_t npoint, const at::Tensor& skip, int64_t leaf) {
   check(xyz, "xyz");
   const auto B = xyz.size(0), N = xyz.size(1);
+  check_leaf(leaf, N);
   TORCH_CHECK(npoint >= 1 && npoint <= N, "npoint out of range");
   const bool has_skip = skip.numel() > 0;
   TORCH_CHECK(!has_skip || (skip.scalar_type() == at::kByte && skip.dim() == 2 && skip.size(0) == B &&
                             skip.size(1) == N), "skip must be uint8 [B, N] or empty");
   auto out = at::empty({B, npoint}, xyz.options().dtype(at::kLong));
-  auto p = planar(xyz);
+  auto p = leaf > 0 ? xyz.contiguous() : planar(xyz);  // the tree reads rows, the scan planes
   auto sk = has_skip ? skip.contiguous() : skip;
   const uint8_t* sp = has_skip ? sk.data_ptr<uint8_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(xyz.scalar_type(), "furthest_point_sample", [&] {
-    fps_kernel<scalar_t>(p.data_ptr<scalar_t>(), sp, B, N, npoint, out.data_ptr<int64_t>());
+    if (leaf > 0)
+      fps_tree_kernel<scalar_t>(p.data_ptr<scalar_t>(), sp, B, N, npoint, leaf, out.data_ptr<int64_t>());
+    else
+      fps_kernel<scalar_t>(p.data_ptr<scalar_t>(), sp, B, N, npoint, out.data_ptr<int64_t>());
   });
   return out;
 }
 
-at::Tensor ball_query(const at::Tensor& xyz, const at::Tensor& new_xyz, double r2, int64_t nsample) {
+at::Tensor ball_query(const at::Tensor& xyz, const at::Tensor& new_xyz, double r2, int64_t nsample, int64_t leaf) {
   check(xyz, "xyz");
   check(new_xyz, "new_xyz");
   const auto B = xyz.size(0), N = xyz.size(1), S = new_xyz.size(1);
+  check_leaf(leaf, N);
+  TORCH_CHECK(leaf <= kBlock, "ball query buckets hold at most ", kBlock, " points");
   auto out = at::empty({B, S, nsample}, xyz.options().dtype(at::kLong));
-  auto p = planar(xyz);
+  auto p = leaf > 0 ? xyz.contiguous() : planar(xyz);
   auto q = new_xyz.contiguous();
   AT_DISPATCH_FLOATING_TYPES(xyz.scalar_type(), "ball_query", [&] {
-    ball_query_kernel<scalar_t>(p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, N, S,
-                                static_cast<scalar_t>(r2), nsample, out.data_ptr<int64_t>());
+    if (leaf > 0)
+      ball_query_tree_kernel<scalar_t>(p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, N, S,
+                                       static_cast<scalar_t>(r2), nsample, leaf, out.data_ptr<int64_t>());
+    else
+      ball_query_kernel<scalar_t>(p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, N, S,
+                                  static_cast<scalar_t>(r2), nsample, out.data_ptr<int64_t>());
   });
   return out;
 }
 
-std::vector<at::Tensor> knn(const at::Tensor& query, const at::Tensor& support, int64_t k) {
+std::vector<at::Tensor> knn(const at::Tensor& query, const at::Tensor& support, int64_t k, int64_t leaf) {
   check(query, "query");
   check(support, "support");
   const auto B = support.size(0), N = support.size(1), S = query.size(1);
+  check_leaf(leaf, N);
+  TORCH_CHECK(leaf <= kBlock, "kNN buckets hold at most ", kBlock, " points");
   TORCH_CHECK(k >= 1 && k <= N, "k out of range");
   auto dist = at::empty({B, S, k}, query.options());
   auto idx = at::empty({B, S, k}, query.options().dtype(at::kLong));
-  auto p = planar(support);
+  auto p = leaf > 0 ? support.contiguous() : planar(support);
   auto q = query.contiguous();
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "knn", [&] {
-    knn_kernel<scalar_t>(p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, N, S, k,
-                         dist.data_ptr<scalar_t>(), idx.data_ptr<int64_t>());
+    if (leaf > 0)
+      knn_tree_kernel<scalar_t>(p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, N, S, k, leaf,
+                                dist.data_ptr<scalar_t>(), idx.data_ptr<int64_t>());
+    else
+      knn_kernel<scalar_t>(p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, N, S, k,
+                           dist.data_ptr<scalar_t>(), idx.data_ptr<int64_t>());
   });
   return {dist, idx};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("furthest_point_sample", &furthest_point_sample, "FPS [B,N,3] (+ skip mask) -> int64 [B,npoint]");
-  m.def("ball_query", &ball_query, "ball query with squared radius r2 -> int64 [B,S,nsample]");
-  m.def("knn", &knn, "k nearest neighbours -> (sqdist [B,S,k], int64 idx [B,S,k])");
+  m.def("furthest_point_sample", &furthest_point_sample,
+        "FPS [B,N,3] (+ skip mask, leaf: 0 brute force, >0 kd-tree bucket size) -> int64 [B,npoint]");
+  m.def("ball_query", &ball_query, "ball query with squared radius r2 (+ leaf) -> int64 [B,S,nsample]");
+  m.def("knn", &knn, "k nearest neighbours (+ leaf) -> (sqdist [B,S,k], int64 idx [B,S,k])");
 }
