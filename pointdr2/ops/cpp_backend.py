@@ -2,8 +2,9 @@
 
 The build lives in ``~/.cache/pointdr2/ops-<key>`` (``POINTDR2_CACHE`` overrides the root), where
 the key hashes the source, the compiler flags, the torch version, the CPU's instruction-set flags
-and which torch installation and Python environment build it (see :func:`build_key`), so it is
-compiled once per machine and torch install and later loads in well under a second. Nothing is compiled at import time or by :func:`is_available` (used by ``pointdr2 info``).
+and which torch installation, Python environment and checkout build it (see :func:`build_key`), so
+it is compiled once per machine, torch install and checkout and later loads in well under a second.
+Nothing is compiled at import time or by :func:`is_available` (used by ``pointdr2 info``).
 A failed build raises :class:`~pointdr2.ops.BackendUnavailable`; the dispatcher logs ONE warning
 and uses the torch backend from then on.
 """
@@ -94,19 +95,20 @@ def _cpu_flags() -> str:
 
 
 def _installation() -> tuple[str, ...]:
-    """Which torch installation and Python environment would build the extension.
+    """Which torch installation, Python environment and pointdr2 checkout would build the extension.
 
     Two environments with the same torch version still differ in the include and library paths
-    that torch's ``load()`` writes into ``build.ninja``; sharing one build directory made each of
-    them rewrite the file and recompile on every alternate load. The resolved torch package
-    directory and ``sys.prefix`` tell the installations apart.
+    that torch's ``load()`` writes into ``build.ninja``, and two checkouts (a clone, a git worktree)
+    of the same source differ in the source path written there; sharing one build directory made
+    each of them rewrite the file and recompile on every alternate load (about a minute each). The
+    resolved torch package directory, ``sys.prefix`` and the source file's path tell them apart.
     """
     torch_dir = Path(torch.__file__).resolve().parent
-    return str(torch_dir), str(Path(sys.prefix).resolve())
+    return str(torch_dir), str(Path(sys.prefix).resolve()), str(SOURCE.resolve())
 
 
 def build_key() -> str:
-    """16 hex digits naming one build: source, flags, torch version and installation, Python, CPU."""
+    """16 hex digits naming one build: source and its path, flags, torch version and installation, Python, CPU."""
     h = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(),
                  sys.version.encode(), platform.machine().encode(), _cpu_flags().encode(),

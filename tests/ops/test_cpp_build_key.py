@@ -37,6 +37,18 @@ def test_build_key_tells_torch_installations_apart(tmp_path, monkeypatch):
     assert cpp_backend.build_key() == key_a
 
 
+def test_build_key_tells_checkouts_of_the_same_source_apart(tmp_path, monkeypatch):
+    """A second checkout (clone, git worktree) of the same source builds in its own directory."""
+    key = cpp_backend.build_key()
+    copy = tmp_path / "other-checkout" / "grouping.cpp"
+    copy.parent.mkdir()
+    copy.write_bytes(cpp_backend.SOURCE.read_bytes())
+    monkeypatch.setattr(cpp_backend, "SOURCE", copy)
+    assert cpp_backend.build_key() != key
+    monkeypatch.undo()
+    assert cpp_backend.build_key() == key
+
+
 @pytest.mark.skipif("cpp" not in ops.available_backends(), reason="no C++ compiler/ninja")
 def test_reloading_and_alternating_installations_do_not_rebuild(tmp_path, monkeypatch):
     cpp_backend.load()
