@@ -35,6 +35,9 @@ that glibc returns every freed block of 64 KiB or more to the OS and RSS follows
 - peak: on CPU, peak RSS of one training step (forward+backward+optimizer step) above the RSS before it
   (``/proc/self/clear_refs`` resets the high-water mark); on CUDA, ``max_memory_allocated`` above
   ``memory_allocated`` before the step;
+- peak at: the operation running when the peak was reached (``_PeakByOperation``: the innermost
+  module's forward, recomputation or backward, the loss backward or the optimizer step), printed below
+  the table;
 - step: median wall time of ``--steps`` training steps, measured last, after the worker has put glibc
   back to caching freed blocks (``mallopt``) and run one untimed step. Under the 64 KiB threshold every
   large allocation costs a page-fault round trip, which would charge the recomputing modes (they
@@ -218,6 +221,82 @@ class _PeakRSS:
             self._thread.join()
 
 
+class _PeakByOperation:
+    """Peak memory of one step, split at every module call and module backward: which operation set it.
+
+    A segment starts when a module's forward starts (``forward NAME``; ``recompute NAME`` when it runs
+    inside a backward pass: a checkpoint's or a reversible stack's recomputation), when the gradient of
+    a module's output arrives (``backward NAME``: that module's backward starts) and at the optimizer
+    step. At each boundary the high-water mark since the last boundary is read and reset (CPU: VmHWM via
+    ``/proc/self/clear_refs``; CUDA: ``max_memory_allocated``), so the largest segment is the step's
+    peak and its label the innermost module running then (operations inside a module that are not
+    modules themselves, such as a chunked grouping, are charged to that module). ``peak`` is absolute
+    (bytes, RSS or allocated); ``None`` where the high-water mark cannot be reset.
+    """
+
+    def __init__(self, module, device) -> None:
+        import torch
+
+        self.torch = torch
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.label = "step start"
+        self.peak: int | None = None
+        self.peak_at: str | None = None
+        self.handles = []
+        self.ok = self.cuda or self._reset_cpu()
+        if not self.ok:
+            return
+        for name, mod in module.named_modules():
+            if name:
+                self.handles.append(mod.register_forward_pre_hook(self._pre(name)))
+                self.handles.append(mod.register_forward_hook(self._post(name)))
+
+    @staticmethod
+    def _reset_cpu() -> bool:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    def mark(self, label: str) -> None:
+        if not self.ok:
+            return
+        if self.cuda:
+            high = self.torch.cuda.max_memory_allocated(self.device)
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            high = (_proc_status_kb("VmHWM") or 0) * 1024
+            self._reset_cpu()
+        if self.peak is None or high > self.peak:
+            self.peak, self.peak_at = high, self.label
+        self.label = label
+
+    def _pre(self, name: str):
+        def hook(mod, args):
+            task = getattr(self.torch._C, "_current_graph_task_id", lambda: -1)()
+            self.mark(("recompute " if task != -1 else "forward ") + name)
+        return hook
+
+    def _post(self, name: str):
+        def grad_hook(grad):
+            self.mark("backward " + name)
+
+        def hook(mod, args, output):
+            outs = output if isinstance(output, (tuple, list)) else (output,)
+            for t in outs:
+                if isinstance(t, self.torch.Tensor) and t.requires_grad:
+                    t.register_hook(grad_hook)
+                    break
+        return hook
+
+    def close(self) -> None:
+        self.mark("step end")
+        for h in self.handles:
+            h.remove()
+
+
 def _cache_freed_blocks() -> None:
     """Undo ``MALLOC_MMAP_THRESHOLD_=65536`` for the rest of the process (glibc ``mallopt``): blocks up
     to 32 MiB come from the heap and freed ones are reused, as under glibc's default dynamic threshold
@@ -255,10 +334,14 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         if cuda:
             torch.cuda.synchronize(device)
 
-    def step() -> float:
+    def step(tracker: _PeakByOperation | None = None) -> float:
         opt.zero_grad(set_to_none=False)  # keep grads allocated: they belong to the baseline
         loss = loss_fn(module(*inputs))
+        if tracker is not None:
+            tracker.mark("loss backward")
         loss.backward()
+        if tracker is not None:
+            tracker.mark("optimizer step")
         opt.step()
         return float(loss.detach())
 
@@ -295,21 +378,29 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     sync()
 
-    # 2) peak memory of one step above the baseline before it
-    peak = None
+    # 2) peak memory of one step above the baseline before it, and the operation that set it
+    peak = peak_at = None
     if "peak" not in measure:
         pass
     elif cuda:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        step()
+        tracker = _PeakByOperation(module, device)
+        step(tracker)
         sync()
-        peak = torch.cuda.max_memory_allocated(device) - base
+        tracker.close()
+        peak, peak_at = tracker.peak - base, tracker.peak_at
     else:
         base_kb = _proc_status_kb("VmRSS") or 0
-        with _PeakRSS() as meter:
-            step()
-        peak = max(0, meter.peak_kb - base_kb) * 1024
+        tracker = _PeakByOperation(module, device)
+        if tracker.ok:
+            step(tracker)
+            tracker.close()
+            peak, peak_at = max(0, tracker.peak - base_kb * 1024), tracker.peak_at
+        else:
+            with _PeakRSS() as meter:
+                step()
+            peak = max(0, meter.peak_kb - base_kb) * 1024
 
     # 3) step time with the allocator caching freed blocks again (one untimed step fills its cache)
     if not cuda and "time" in measure:
@@ -328,6 +419,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "device": str(device),
         "saved_bytes": saved,
         "peak_bytes": peak,
+        "peak_at": peak_at,
         "step_s": statistics.median(times) if times else None,
         "cache_every": ran[0],
         "ran": ran[1],
@@ -424,6 +516,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"bench memory: model={args.model} batch={rows[0]['batch']} points={rows[0]['points']} "
           f"device={device} (peak = {peak_kind} above the post-warm-up baseline)")
     print(format_table(results))
+    for r in results:
+        if r.get("peak_at"):
+            print(f"peak of {r['label']} (depth {_depth(r)}): {r['peak_at']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 1 if any("error" in r for r in results) else 0

@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pointdr2 import ops
 from pointdr2.models.registry import register_model
+from pointdr2.nn.chunked_grouping import chunk_points_for
 from pointdr2.nn.pointnext_layers import (
     ClsHead,
     FeaturePropagation,
@@ -81,6 +82,11 @@ DEFAULT_CFG: dict[str, Any] = {
     "dropout": 0.5,
     "height_dim": None,         # cls: append points[..., height_dim] - min as a feature if missing
     "fps_skip_origin": False,   # FPS with pointnet2_ops' origin skip; openpoints' FPS has none
+    # Centre points per chunk when a training surrogate (finetune.mode dr2net / checkpoint) computes and
+    # backpropagates the grouped [B, C, S, K] tensors of its set abstractions and local aggregations
+    # chunk by chunk (exact: the same values, gradients and BatchNorm statistics). null: as many as fit
+    # the ops memory budget (pointdr2.ops.get_memory_budget, env POINTDR2_OPS_CHUNK_MB, default 256 MB).
+    "chunk_points": None,
     "pretrained": None,         # consumed by build_model / load_pretrained
     "pretrained_sha256": None,  # optional checksum of model.pretrained (a path or URL), read by the engine
 }
@@ -399,6 +405,9 @@ def resolve_config(cfg_model: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"model.head_mlps must be null or a list of positive integers, got {mlps!r}")
     if task == "cls" and mlps is None:
         cfg["head_mlps"] = [512, 256]
+    cp = cfg["chunk_points"]
+    if cp is not None and (not isinstance(cp, int) or isinstance(cp, bool) or cp < 1):
+        raise ValueError(f"model.chunk_points must be null or a positive integer (centre points per chunk), got {cp!r}")
     hd = cfg["height_dim"]
     if hd is not None and (not isinstance(hd, int) or isinstance(hd, bool) or hd not in (0, 1, 2)):
         raise ValueError(f"model.height_dim must be null or 0, 1, 2, got {hd!r}")
@@ -465,8 +474,10 @@ class _InvResBlockG(nn.Module):
     ``residual="block"``: ``G(f; alpha) = B(f) - (1 - alpha)*f``, the whole block (post-add ReLU
     included) as the residual unit. ``residual="branch"``: ``G(f; alpha) = ReLU(alpha*f + F(f))``, the
     identity scaled inside the ReLU (the form of the method's reference). Both are exactly B at alpha=1;
-    Dr²Net never inverts G. When the stack recomputes the block during backward its BatchNorm layers run
-    on copies of their running statistics, so those see one update per step."""
+    Dr²Net never inverts G. ``chunk_points`` (an extra of the stack): the local aggregation's grouped
+    tensors a chunk of centres at a time (``None``: whole). The stack recomputes the block in backward
+    on copies of its BatchNorm running statistics (``frozen_running_stats``, or checkpoint mode's
+    once-only block), so those see one update per step."""
 
     def __init__(self, block: InvResMLP, residual: str = "block") -> None:
         super().__init__()
@@ -475,29 +486,18 @@ class _InvResBlockG(nn.Module):
         self.block = block
         self.residual = residual
 
-    def _g(self, f: torch.Tensor, alpha: float, p: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, f: torch.Tensor, alpha: float, p: torch.Tensor, idx: torch.Tensor,
+                chunk_points: Optional[int] = None) -> torch.Tensor:
         if self.residual == "branch" or alpha == 1.0 or not self.block.use_res:
-            return self.block.scaled(f, alpha, p, idx)
-        return self.block.scaled(f, 1.0, p, idx) - (1.0 - alpha) * f
-
-    def forward(self, f: torch.Tensor, alpha: float, p: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        if _in_backward():
-            with isolated_running_stats(self.block):
-                return self._g(f, alpha, p, idx)
-        return self._g(f, alpha, p, idx)
-
-
-def _in_backward() -> bool:
-    """True while autograd executes a backward pass (a recomputation inside a custom backward or a
-    checkpoint's recompute)."""
-    task_id = getattr(torch._C, "_current_graph_task_id", None)
-    return task_id is not None and task_id() != -1
+            return self.block.scaled(f, alpha, p, idx, chunk_points)
+        return self.block.scaled(f, 1.0, p, idx, chunk_points) - (1.0 - alpha) * f
 
 
 def _checkpoint_sa(sa: SetAbstraction, p: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``sa`` without storing its grouped features: the sampling and neighbour indices are
     computed once (they are not activations) and kept with ``p`` and ``f``; the aggregation is
-    recomputed in backward, on copies of its BatchNorm running statistics (one update per step)."""
+    recomputed in backward, on copies of its BatchNorm running statistics (one update per step).
+    Used for the group-all form (one group of every point: nothing to chunk over centres)."""
     new_p, centre_idx, idx = sa.sample(p)
     out = checkpoint(sa.aggregate, p, f, new_p, centre_idx, idx, use_reentrant=False,
                      context_fn=lambda: (contextlib.nullcontext(), isolated_running_stats(sa)))
@@ -508,21 +508,29 @@ class PointNeXtDr2Net(nn.Module):
     """Dr²Net surrogate of a PointNeXt model; shares its modules and parameters.
 
     Every encoder stage with InvResMLP blocks runs them as one ``Dr2Stack`` (its extras: the
-    stage's positions and ball-query indices, computed once per stage); set abstractions are
-    checkpointed when ``recompute_stem`` (they are not reversible). The call signature is the
+    stage's positions, ball-query indices, computed once per stage, and the chunk size). In training,
+    with ``recompute_stem``, set abstractions (not reversible) keep only their inputs and indices:
+    the downsampling ones compute and backpropagate their grouped tensors in chunks of
+    ``chunk_points`` centres (:func:`pointdr2.nn.chunked_grouping.grouped_max`: exact, BatchNorm on
+    the whole stage's statistics), a group-all one is checkpointed. Stacks in a recomputing mode
+    (not ``standard``) run their local aggregations in the same chunks, in the forward and in the
+    stack's recomputation, so no ``[B, C, S, K]`` tensor of a stage exists whole. ``chunk_points``:
+    centres per chunk (default ``model.chunk_points``; ``None`` sizes each stage's chunks to the ops
+    memory budget, :func:`pointdr2.nn.chunked_grouping.chunk_points_for`). The call signature is the
     source model's. ``state_dict()`` has exactly the source model's keys (the stacks only alias
     the encoder's blocks), so checkpoints move freely between the two.
     """
 
     def __init__(self, model: nn.Module, alpha: float = 1.0, beta: float = 0.1, mode: str = "reversible", *,
-                 recompute_stem: Optional[bool] = None, residual: str = "branch", **stack_kwargs: Any) -> None:
+                 recompute_stem: Optional[bool] = None, residual: str = "branch", chunk_points: Any = "model",
+                 **stack_kwargs: Any) -> None:
         super().__init__()
         from pointdr2.reversible import Dr2Stack
 
         unknown = sorted(set(stack_kwargs) - {"output", "cache_every", "tolerance"})
         if unknown:
             raise ValueError(f"unknown Dr2Net option(s) {', '.join(unknown)} for PointNeXt; expected "
-                             f"recompute_stem, residual, output, cache_every, tolerance")
+                             f"recompute_stem, residual, chunk_points, output, cache_every, tolerance")
         if not isinstance(model, (PointNeXtSeg, PointNeXtCls)):
             raise ValueError(f"PointNeXtDr2Net needs a PointNeXtSeg or PointNeXtCls, got {type(model).__name__}")
         self.task = model.task
@@ -538,6 +546,12 @@ class PointNeXtDr2Net(nn.Module):
         # out of the module tree (its modules are registered above).
         object.__setattr__(self, "_source", model)
         self.recompute_stem = (mode != "standard") if recompute_stem is None else bool(recompute_stem)
+        if chunk_points == "model":
+            chunk_points = getattr(model, "cfg", {}).get("chunk_points")
+        if chunk_points is not None and (isinstance(chunk_points, bool) or not isinstance(chunk_points, int)
+                                         or chunk_points < 1):
+            raise ValueError(f"chunk_points must be None or a positive integer, got {chunk_points!r}")
+        self.chunk_points: Optional[int] = chunk_points
         stacks = {}
         for i, stage in enumerate(self.encoder.encoder):
             blocks = list(stage)[1:]
@@ -570,18 +584,28 @@ class PointNeXtDr2Net(nn.Module):
                 aliases["stacks." + name] = owner[id(t)]
         return aliases
 
+    def _chunk(self, convs: nn.Module, f: torch.Tensor, nsample: int) -> int:
+        if self.chunk_points is not None:
+            return self.chunk_points
+        return chunk_points_for(f.shape[0], nsample, convs, f.dtype)
+
     def _run_encoder(self, p: torch.Tensor, f: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         ps, fs = [p], [f]
         for i, stage in enumerate(self.encoder.encoder):
             sa = stage[0]
-            if self.recompute_stem and torch.is_grad_enabled() and self.training and not sa.is_head:
-                p, f = _checkpoint_sa(sa, p, f)
-            else:
+            if not (self.recompute_stem and self.training) or sa.is_head:
                 p, f = sa(p, f)
+            elif sa.all_aggr:
+                p, f = _checkpoint_sa(sa, p, f) if torch.is_grad_enabled() else sa(p, f)
+            else:
+                p, f = sa(p, f, chunk_points=self._chunk(sa.convs, f, sa.nsample))
             if str(i) in self.stacks:
-                first = stage[1]
+                first, stack = stage[1], self.stacks[str(i)]
                 idx = ops.ball_query(p, p, first.radius, first.nsample)
-                f = self.stacks[str(i)](f, p, idx)
+                chunk = None
+                if self.training and stack.mode != "standard":
+                    chunk = self._chunk(first.convs.convs, f, first.nsample)
+                f = stack(f, p, idx, chunk)
             ps.append(p)
             fs.append(f)
         return ps, fs

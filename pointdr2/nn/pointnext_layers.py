@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pointdr2 import ops
+from pointdr2.nn.chunked_grouping import group_offsets, grouped_max
 
 __all__ = [
     "conv_block",
@@ -63,17 +64,6 @@ def linear_block(in_features: int, out_features: int, *, norm: bool = True, act:
     if act:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
-
-
-def group_offsets(query: torch.Tensor, support: torch.Tensor, idx: torch.Tensor,
-                  radius: Optional[float] = None) -> torch.Tensor:
-    """Relative neighbour positions ``dp[B, 3, S, K] = support[idx] - query`` (divided by ``radius``
-    when given: openpoints' ``normalize_dp``). ``query[B,S,3]``, ``support[B,N,3]``, ``idx[B,S,K]``."""
-    grouped = ops.group_points(support.transpose(1, 2).contiguous(), idx)
-    dp = grouped - query.transpose(1, 2).unsqueeze(-1)
-    if radius is not None:
-        dp = dp / radius
-    return dp
 
 
 @contextlib.contextmanager
@@ -136,11 +126,19 @@ class LocalAggregation(nn.Module):
         """Ball-query indices ``int64[B, N, nsample]`` of ``p[B,N,3]`` on itself."""
         return ops.ball_query(p, p, self.radius, self.nsample)
 
-    def forward(self, p: torch.Tensor, f: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``p[B,N,3]``, ``f[B,C,N]``, optional precomputed ``idx[B,N,K]`` -> ``[B,C_out,N]``."""
+    def forward(self, p: torch.Tensor, f: torch.Tensor, idx: Optional[torch.Tensor] = None,
+                chunk_points: Optional[int] = None) -> torch.Tensor:
+        """``p[B,N,3]``, ``f[B,C,N]``, optional precomputed ``idx[B,N,K]`` -> ``[B,C_out,N]``.
+
+        ``chunk_points``: compute (and backpropagate) the grouped tensors that many centre points at
+        a time, with the same values and gradients (:func:`pointdr2.nn.chunked_grouping.grouped_max`).
+        """
         if idx is None:
             idx = self.neighbours(p)
-        dp = group_offsets(p, p, idx, self.radius if self.normalize_dp else None)
+        radius = self.radius if self.normalize_dp else None
+        if chunk_points is not None:
+            return grouped_max(self.convs, p, p, f, idx, radius, chunk_points)
+        dp = group_offsets(p, p, idx, radius)
         fj = ops.group_points(f, idx)
         return _max_over_neighbours(self.convs(torch.cat([dp, fj], dim=1)))
 
@@ -207,25 +205,33 @@ class SetAbstraction(nn.Module):
         return new_p, centre_idx, idx
 
     def aggregate(self, p: torch.Tensor, f: torch.Tensor, new_p: torch.Tensor, centre_idx: Optional[torch.Tensor],
-                  idx: Optional[torch.Tensor]) -> torch.Tensor:
-        """The differentiable part, given ``sample(p)``: ``f[B,C_in,N] -> [B,C_out,S]``."""
+                  idx: Optional[torch.Tensor], chunk_points: Optional[int] = None) -> torch.Tensor:
+        """The differentiable part, given ``sample(p)``: ``f[B,C_in,N] -> [B,C_out,S]``.
+
+        ``chunk_points`` (downsampling form only; the stem and group-all forms ignore it): the grouped
+        tensors a chunk of that many centres at a time, same values and gradients
+        (:func:`pointdr2.nn.chunked_grouping.grouped_max`)."""
         if self.is_head:
             return self.convs(f)
         if self.all_aggr:
             # Group-all: absolute coordinates of every point, one group per cloud.
             grouped = torch.cat([p.transpose(1, 2).unsqueeze(2), f.unsqueeze(2)], dim=1)
             return _max_over_neighbours(self.convs(grouped))
-        dp = group_offsets(new_p, p, idx, self.radius if self.normalize_dp else None)
-        fj = ops.group_points(f, idx)
-        out = _max_over_neighbours(self.convs(torch.cat([dp, fj], dim=1)))
+        radius = self.radius if self.normalize_dp else None
+        if chunk_points is not None:
+            out = grouped_max(self.convs, new_p, p, f, idx, radius, chunk_points)
+        else:
+            dp = group_offsets(new_p, p, idx, radius)
+            out = _max_over_neighbours(self.convs(torch.cat([dp, ops.group_points(f, idx)], dim=1)))
         if self.use_res:
             identity = self.skipconv(torch.gather(f, 2, centre_idx.unsqueeze(1).expand(-1, f.shape[1], -1)))
             out = self.act(out + identity)
         return out
 
-    def forward(self, p: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, p: torch.Tensor, f: torch.Tensor,
+                chunk_points: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
         new_p, centre_idx, idx = self.sample(p)
-        return new_p, self.aggregate(p, f, new_p, centre_idx, idx)
+        return new_p, self.aggregate(p, f, new_p, centre_idx, idx, chunk_points)
 
 
 class InvResMLP(nn.Module):
@@ -258,21 +264,24 @@ class InvResMLP(nn.Module):
     def nsample(self) -> int:
         return self.convs.nsample
 
-    def residual_branch(self, f: torch.Tensor, p: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``F(f)``: ``f[B,C,N]``, ``p[B,N,3]``, optional ``idx[B,N,K]`` -> ``[B,C,N]``."""
-        return self.pwconv(self.convs(p, f, idx))
+    def residual_branch(self, f: torch.Tensor, p: torch.Tensor, idx: Optional[torch.Tensor] = None,
+                        chunk_points: Optional[int] = None) -> torch.Tensor:
+        """``F(f)``: ``f[B,C,N]``, ``p[B,N,3]``, optional ``idx[B,N,K]`` -> ``[B,C,N]``; ``chunk_points``
+        as in :meth:`LocalAggregation.forward`."""
+        return self.pwconv(self.convs(p, f, idx, chunk_points))
 
     def scaled(self, f: torch.Tensor, alpha: float, p: torch.Tensor,
-               idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+               idx: Optional[torch.Tensor] = None, chunk_points: Optional[int] = None) -> torch.Tensor:
         """``G(f; alpha) = ReLU(alpha*f + F(f))`` (``ReLU(F(f))`` when ``use_res`` is off)."""
-        out = self.residual_branch(f, p, idx)
+        out = self.residual_branch(f, p, idx, chunk_points)
         if self.use_res:
             out = out + f if alpha == 1.0 else out + alpha * f
         return self.act(out)
 
-    def forward(self, p: torch.Tensor, f: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, p: torch.Tensor, f: torch.Tensor, idx: Optional[torch.Tensor] = None,
+                chunk_points: Optional[int] = None) -> torch.Tensor:
         """The pretrained block: ``p[B,N,3]``, ``f[B,C,N]`` -> ``[B,C,N]``."""
-        return self.scaled(f, 1.0, p, idx)
+        return self.scaled(f, 1.0, p, idx, chunk_points)
 
 
 def interpolate_features(unknown: torch.Tensor, known: torch.Tensor, known_feats: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointdr2 import ops
+from pointdr2.nn.batch_stats import ChunkMoments, coupling, update_running_stats, uses_batch_stats
 
 __all__ = ["Group", "PointPatchEncoder", "recompute_tokens", "check_points"]
 
@@ -143,43 +144,6 @@ def _bn(h: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Te
     return (h - mean[:, None]) * scale[:, None] + bias[:, None]
 
 
-class _Stats:
-    """Per-channel mean and biased variance over chunks (Chan's parallel combination, float64)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
-
-    def add(self, h: torch.Tensor) -> None:
-        n = h.shape[0] * h.shape[2]
-        var, mean = torch.var_mean(h.float() if h.dtype in (torch.float16, torch.bfloat16) else h,
-                                   dim=(0, 2), correction=0)
-        mean, m2 = mean.double(), var.double() * n
-        if self.mean is None:
-            self.n, self.mean, self.m2 = n, mean, m2
-            return
-        total = self.n + n
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta * delta * (self.n * n / total)
-        self.n = total
-
-    def result(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mean.to(dtype), (self.m2 / self.n).to(dtype)
-
-
-def _update_running(bn: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
-    """The running-statistics update ``nn.BatchNorm1d`` does in a training forward (once)."""
-    if not bn.track_running_stats or bn.running_mean is None:
-        return
-    bn.num_batches_tracked.add_(1)
-    factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    bn.running_mean.mul_(1 - factor).add_(mean.detach().to(bn.running_mean.dtype), alpha=factor)
-    unbiased = var.detach() * (n / max(n - 1, 1))
-    bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
-
-
 class _ChunkedEncoder(torch.autograd.Function):
     """Encoder forward/backward over chunks of groups, keeping only indices for backward.
 
@@ -221,28 +185,28 @@ class _ChunkedEncoder(torch.autograd.Function):
                 out, stats = _single_chunk(x, params, eps, b, run1, run2)
                 for bn, batch, (mean, var) in zip((bn1, bn2), (b1, b2), stats):
                     if batch and bn.training:
-                        _update_running(bn, mean, var, ctx.n)
+                        update_running_stats(bn, mean, var, ctx.n)
                 (mu1, var1), (mu2, var2) = stats
                 ctx.save_for_backward(points, center_idx, knn_idx, mu1, var1, mu2, var2, *params)
                 return out
             if b1:
-                s1 = _Stats()
+                s1 = ChunkMoments()
                 for sl in slices:
                     s1.add(F.conv1d(_chunk_input(points, center_idx, knn_idx, sl), params[0], params[1]))
                 mu1, var1 = s1.result(points.dtype)
             else:
                 mu1, var1 = run1
             if b2:
-                s2 = _Stats()
+                s2 = ChunkMoments()
                 for sl in slices:
                     s2.add(_to_h2(_chunk_input(points, center_idx, knn_idx, sl), params, mu1, var1, eps[0]))
                 mu2, var2 = s2.result(points.dtype)
             else:
                 mu2, var2 = run2
             if b1 and bn1.training:
-                _update_running(bn1, mu1, var1, ctx.n)
+                update_running_stats(bn1, mu1, var1, ctx.n)
             if b2 and bn2.training:
-                _update_running(bn2, mu2, var2, ctx.n)
+                update_running_stats(bn2, mu2, var2, ctx.n)
             outs, args = [], []
             index_dtype = torch.uint8 if k <= 256 else torch.int16 if k <= 32768 else torch.int64
             for sl in slices:
@@ -327,7 +291,7 @@ class _ChunkedEncoder(torch.autograd.Function):
                 a2 = _to_a2(h2, leaves, mu2, var2, eps[1])
                 total = (a2 * da2).sum()
                 if b2:
-                    total = total + _coupling(h2, mu2, g_mu2, g_var2, n)
+                    total = total + coupling(h2, mu2, g_mu2, g_var2, n)
                 res = torch.autograd.grad(total, [*leaves[:10], *((m1, v1) if b1 else ())], allow_unused=True)
             accumulate(res[:10])
             if b1:
@@ -340,7 +304,7 @@ class _ChunkedEncoder(torch.autograd.Function):
             x = _chunk_input(points, center_idx, knn_idx, sl)
             with torch.enable_grad():
                 h1 = F.conv1d(x, leaves[0], leaves[1])
-                accumulate(torch.autograd.grad(_coupling(h1, mu1, g_mu1, g_var1, n), leaves[:2]))
+                accumulate(torch.autograd.grad(coupling(h1, mu1, g_mu1, g_var1, n), leaves[:2]))
         return (None, None, None, None, None, None, *grads)
 
 
@@ -360,11 +324,6 @@ def _single_chunk(x: torch.Tensor, p: list[torch.Tensor], eps: tuple[float, floa
     var2, mu2 = torch.var_mean(h2, dim=(0, 2), correction=0) if fixed2 is None else (fixed2[1], fixed2[0])
     out = _from_h2(h2, p, mu2, var2, eps[1], batch)
     return out, [(mu1.detach(), var1.detach()), (mu2.detach(), var2.detach())]
-
-
-def _coupling(h: torch.Tensor, mu: torch.Tensor, g_mu: torch.Tensor, g_var: torch.Tensor, n: int) -> torch.Tensor:
-    """Scalar whose gradient w.r.t. h [M, C, K] is g_mu/n + g_var * 2 (h - mu)/n (mu held fixed)."""
-    return ((g_mu / n) * h.sum(dim=(0, 2)) + (g_var / n) * (h - mu[:, None]).square().sum(dim=(0, 2))).sum()
 
 
 def _chunks(num_groups: int, chunk: int) -> list[slice]:
@@ -414,8 +373,6 @@ def recompute_tokens(encoder: PointPatchEncoder, points: torch.Tensor, center_id
     """
     if chunk_groups < 1:
         raise ValueError(f"chunk_groups must be >= 1, got {chunk_groups}")
-    # nn.BatchNorm's rule: batch statistics in training mode, or when it keeps no running ones.
-    batch_stats = tuple(bool(bn.training or (bn.running_mean is None and bn.running_var is None))
-                        for bn in (encoder.first_conv[1], encoder.second_conv[1]))
+    batch_stats = tuple(uses_batch_stats(bn) for bn in (encoder.first_conv[1], encoder.second_conv[1]))
     return _ChunkedEncoder.apply(points.detach(), center_idx, knn_idx, int(chunk_groups), encoder, batch_stats,
                                  *_param_list(encoder))
