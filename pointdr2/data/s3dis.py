@@ -8,7 +8,8 @@ float32 = xyz (room minimum at 0), rgb 0..255, label 0..12 in the order of
   A sample voxelises the room (``voxel_size``, one random point per voxel), crops the
   ``crop_points`` points nearest a random seed point (repeating random indices when fewer remain),
   shifts xyz to a zero minimum and applies the transforms. Returns ``{"pos": float32 [N, 3],
-  "feats": float32 [4, N] (rgb in 0..1, then height above the crop's lowest point), "label": int64
+  "feats": float32 [4, N] (rgb, then height above the crop's lowest point; rgb in 0..1 before the
+  transforms, which by default standardise it with openpoints' S3DIS colour statistics), "label": int64
   [N]}`` with N = ``crop_points``.
 - ``split="test"`` (rooms of ``test_area``) and ``split="val"`` (a seed-fixed ``val_fraction`` of the
   training rooms, excluded from "train"): whole rooms. Each item is an :class:`S3DISRoom` whose

@@ -16,9 +16,10 @@ Pipelines of the codebases users know:
 - Point-BERT / Point-MAE: train ``fps_subsample(npoints=1200, keep=1024)`` then
   ``scale_translate`` (per-axis scale U(2/3, 3/2), translation U(-0.2, 0.2)); test
   ``fps_subsample(npoints=1024)``.
-- PointNeXt (S3DIS): train ``chromatic_auto_contrast``, ``scale``, ``xyz_align``, ``rotate``,
-  ``jitter``, ``chromatic_drop``; test ``xyz_align``. ``center_normalize`` (with ``append_height``)
-  is the object-classification variant; ``chromatic_normalize`` standardises colours.
+- PointNeXt (S3DIS), openpoints' ``cfgs/s3dis/default.yaml``: train ``chromatic_auto_contrast``,
+  ``scale``, ``xyz_align``, ``rotate``, ``jitter``, ``chromatic_drop``, ``chromatic_normalize``
+  (S3DIS colour mean/std); test ``xyz_align``, ``chromatic_normalize``. ``center_normalize`` (with
+  ``append_height``) is the object-classification variant.
 """
 
 from __future__ import annotations
@@ -353,10 +354,17 @@ def build_transforms(specs: Sequence[Mapping] | None, where: str = "dataset.tran
     return Compose(out)
 
 
+# openpoints' S3DIS colour statistics (ChromaticNormalize in cfgs/s3dis/default.yaml, train and val):
+# what official checkpoints were trained on.
+S3DIS_COLOR_MEAN = (0.5136457, 0.49523646, 0.44921124)
+S3DIS_COLOR_STD = (0.18308958, 0.18415008, 0.19252081)
+
+
 def default_transforms(dataset: str, split: str) -> list[dict]:
     """Specs used when the config gives none: light, safe augmentation for training only."""
     train = split == "train"
     if dataset == "s3dis":
+        normalize = {"name": "chromatic_normalize", "mean": list(S3DIS_COLOR_MEAN), "std": list(S3DIS_COLOR_STD)}
         if train:
             return [
                 {"name": "chromatic_auto_contrast"},
@@ -365,6 +373,7 @@ def default_transforms(dataset: str, split: str) -> list[dict]:
                 {"name": "rotate", "up_axis": 2, "angle": math.pi},
                 {"name": "jitter", "sigma": 0.005, "clip": 0.02},
                 {"name": "chromatic_drop", "p": 0.2},
+                normalize,
             ]
-        return [{"name": "xyz_align", "up_axis": 2}]
+        return [{"name": "xyz_align", "up_axis": 2}, normalize]
     return [{"name": "scale_translate"}] if train else []

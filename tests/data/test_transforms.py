@@ -153,4 +153,19 @@ def test_default_pipelines_build():
     for name in ("modelnet40", "scanobjectnn", "s3dis"):
         for split in ("train", "test"):
             build_transforms(default_transforms(name, split))
-    assert len(build_transforms(default_transforms("s3dis", "train"))) == 6
+    assert len(build_transforms(default_transforms("s3dis", "train"))) == 7
+
+
+def test_default_s3dis_pipelines_are_the_official_recipe():
+    """The defaults equal the openpoints pipeline spelled out in the shipped pointnext-l.yaml (colours
+    standardised with the S3DIS statistics in train and test, as official checkpoints expect)."""
+    from pointdr2.config import find_config, load_config
+
+    shipped = load_config(find_config("s3dis/pointnext-l")).dataset.transforms
+    for split in ("train", "test"):
+        assert [dict(t) for t in shipped[split]] == default_transforms("s3dis", split)
+    sample = {"pos": np.zeros((2, 3), np.float32),
+              "color": np.array([[0.5136457, 0.49523646, 0.44921124],
+                                 [0.5136457 + 0.18308958, 0.49523646 - 2 * 0.18415008, 0.44921124]], np.float32)}
+    out = build_transforms(default_transforms("s3dis", "test"))(sample, np.random.default_rng(0))
+    np.testing.assert_allclose(out["color"], [[0, 0, 0], [1, -2, 0]], atol=1e-6)
