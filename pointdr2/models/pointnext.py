@@ -84,8 +84,9 @@ DEFAULT_CFG: dict[str, Any] = {
     "fps_skip_origin": False,   # FPS with pointnet2_ops' origin skip; openpoints' FPS has none
     # Centre points per chunk when a training surrogate (finetune.mode dr2net / checkpoint) computes and
     # backpropagates the grouped [B, C, S, K] tensors of its set abstractions and local aggregations
-    # chunk by chunk (exact: the same values, gradients and BatchNorm statistics). null: as many as fit
-    # the ops memory budget (pointdr2.ops.get_memory_budget, env POINTDR2_OPS_CHUNK_MB, default 256 MB).
+    # chunk by chunk (exact: the same values, gradients and BatchNorm statistics). null: as many as fit a
+    # quarter of the ops memory budget (pointdr2.ops.get_memory_budget, env POINTDR2_OPS_CHUNK_MB, default
+    # 256 MB, so 64 MB per chunk).
     "chunk_points": None,
     "pretrained": None,         # consumed by build_model / load_pretrained
     "pretrained_sha256": None,  # optional checksum of model.pretrained (a path or URL), read by the engine

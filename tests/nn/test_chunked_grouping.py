@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from pointdr2 import ops
 from pointdr2.nn import chunked_grouping
 from pointdr2.nn.chunked_grouping import chunk_points_for, grouped_max
 from pointdr2.nn.pointnext_layers import LocalAggregation, SetAbstraction
@@ -188,10 +189,16 @@ def test_bad_arguments_raise_value_error():
 
 def test_chunk_size_follows_the_budget():
     la = LocalAggregation([64, 64], 0.1, 32)
-    per_centre = 2 * (67 + 64) * 2 * 32 * 4
+    per_centre = 3 * (67 + 64) * 2 * 32 * 4  # three live tensors of the widest layer per slot, float32
     assert chunk_points_for(2, 32, la.convs, torch.float32, budget=100 * per_centre) == 100
     assert chunk_points_for(2, 32, la.convs, torch.float64, budget=100 * per_centre) == 50
     assert chunk_points_for(2, 32, la.convs, torch.float32, budget=1) == 1
+    # default: a quarter of the ops budget
+    ops.set_memory_budget(400 * per_centre)
+    try:
+        assert chunk_points_for(2, 32, la.convs, torch.float32) == 100
+    finally:
+        ops.set_memory_budget(None)
 
 
 def test_autocast_bfloat16_matches_plain_within_bfloat16_precision():
