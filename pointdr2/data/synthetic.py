@@ -879,13 +879,18 @@ def _snp_cap(rng):
 
 
 def _snp_car(rng):
-    """roof, hood, wheel, body."""
+    """roof, hood, wheel, body (its sides and the trunk lid; hood and roof cover the rest of its top)."""
     length, width, height, r = _u(rng, 3.8, 4.8), _u(rng, 1.6, 1.9), _u(rng, 1.3, 1.5), _u(rng, 0.3, 0.36)
     low = 0.45 * height
-    out = [(Part("box", {"size": (length, width, low)}, (0, 0, r + low / 2)), 3),
-           (Part("box", {"size": (0.28 * length, 0.95 * width, 0.06)}, (0.34 * length, 0, r + low + 0.03)), 1),
-           (Part("box", {"size": (_u(rng, 0.4, 0.5) * length, 0.9 * width, height - low)},
-                 (-0.05 * length, 0, r + low + (height - low) / 2)), 0)]
+    roof_lo, roof_hi = -_u(rng, 0.25, 0.3) * length, _u(rng, 0.15, 0.2) * length
+    hood = 0.5 * length - roof_hi
+    trunk = roof_lo + 0.5 * length
+    out = [(Part("box", {"size": (length, width, low), "faces": "xXyYz"}, (0, 0, r + low / 2)), 3),
+           (Part("box", {"size": (trunk, width, 0.01), "faces": "Z"}, (-0.5 * length + trunk / 2, 0, r + low)), 3),
+           (Part("box", {"size": (hood, 0.95 * width, 0.06), "faces": "xXyYZ"}, (roof_hi + hood / 2, 0, r + low + 0.03)),
+            1),
+           (Part("box", {"size": (roof_hi - roof_lo, 0.9 * width, height - low), "faces": "xXyYZ"},
+                 ((roof_lo + roof_hi) / 2, 0, r + low + (height - low) / 2)), 0)]
     for sx in (-1, 1):
         for sy in (-1, 1):
             out.append((Part("cyl", {"r": r, "h": 0.22}, (sx * 0.33 * length, sy * width / 2 + 0.11, r),
@@ -947,8 +952,8 @@ def _snp_motorbike(rng):
     """gas tank, seat, wheel, handle, light, body."""
     r = _u(rng, 0.28, 0.33)
     out = [(Part("torus", {"R": r, "r": 0.06}, (s * 0.7, 0, r), rot=rot_x(math.pi / 2)), 2) for s in (-1, 1)]
-    out += [(Part("box", {"size": (1.0, 0.2, 0.3)}, (0, 0, r + 0.15)), 5),
-            (Part("ellipsoid", {"radii": (0.25, 0.15, 0.12)}, (0.2, 0, r + 0.38)), 0),
+    out += [(Part("box", {"size": (1.0, 0.2, 0.3), "faces": "xXyYz"}, (0, 0, r + 0.15)), 5),
+            (Part("ellipsoid", {"radii": (0.25, 0.15, 0.12)}, (0.2, 0, r + 0.42)), 0),
             (Part("box", {"size": (0.4, 0.22, 0.06)}, (-0.25, 0, r + 0.33)), 1),
             (Part("cyl", {"r": 0.015, "h": 0.6}, (0.5, 0.3, r + 0.55), rot=rot_x(math.pi / 2)), 3),
             (Part("cyl", {"r": 0.07, "h": 0.06}, (0.62, 0, r + 0.4), rot=rot_y(math.pi / 2)), 4)]
