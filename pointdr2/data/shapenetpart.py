@@ -18,7 +18,9 @@ Samples: ``{"points": float32 [N, 3] (or [N, 6] with use_normals: xyz then norma
 (global part ids), "category": int64 []}``. As Point-MAE's ``PartNormalDataset`` (``pc_normalize``), xyz
 of the whole shape are centred on the centroid and scaled into the unit sphere, then ``num_points`` points
 are drawn: a random subset (every point once, then random repeats, when the shape has fewer), new in every
-epoch for "train" and fixed per shape (``seed``) for "val"/"test", or ``sampling: fps``.
+epoch for "train" and fixed per shape (``seed``) for "val"/"test", or ``sampling: fps``. No augmentation by
+default (as ``PartNormalDataset``); ``dataset.transforms.train`` adds it (e.g. ``{name: scale, low: 0.8,
+high: 1.25, anisotropic: false}``, one factor for all axes, as PointNet++'s part-segmentation training).
 
 Splits are the release's own: "train", "val", "test"; ``trainval: true`` trains on train + val as
 Point-MAE and PointNeXt do (their models are selected on the test split). ``pointdr2 prepare shapenetpart``

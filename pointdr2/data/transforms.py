@@ -376,6 +376,6 @@ def default_transforms(dataset: str, split: str) -> list[dict]:
                 normalize,
             ]
         return [{"name": "xyz_align", "up_axis": 2}, normalize]
-    if dataset == "shapenetpart":  # one scale for all axes keeps the normals valid
-        return [{"name": "scale", "low": 0.8, "high": 1.25, "anisotropic": False}] if train else []
+    if dataset == "shapenetpart":  # samples as Point-MAE's PartNormalDataset gives them; augment in the config
+        return []
     return [{"name": "scale_translate"}] if train else []

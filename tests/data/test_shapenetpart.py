@@ -65,7 +65,7 @@ def _normalised(rows: np.ndarray) -> np.ndarray:
 
 def test_hand_written_tree_loads_with_release_labels(hand_tree):
     root, shapes = hand_tree
-    ds = ShapeNetPart(root, "train", num_points=12, use_normals=True, transforms=[])
+    ds = ShapeNetPart(root, "train", num_points=12, use_normals=True)  # default transforms: none
     assert len(ds) == 2  # the Mug entry is not selected by synsetoffset2category.txt
     assert ds.num_classes == 50 and ds.category_parts[15] == (47, 48, 49)
     for i, (synset, _, rows) in enumerate(shapes["train"][:2]):
