@@ -242,7 +242,8 @@ class ShapeNetPart(Dataset):
         # The release has its own validation split: val_fraction (a carve of train elsewhere) does not apply.
         file_splits = ("train", "val") if split == "train" and trainval else (split,)
         self.shapes: list[Shape] = []
-        self._caches = []
+        self._where: list[tuple[str | None, int]] = []  # per item: (file split of its cache or None, index there)
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray] | None] = {}
         for file_split in file_splits:
             shapes = read_split(self.root, file_split, categories)
             cache = load_cache(self.root, file_split, shapes) if use_cache else None
@@ -251,7 +252,9 @@ class ShapeNetPart(Dataset):
                 if missing is not None:
                     raise FileNotFoundError(f"ShapeNetPart shape file missing: {missing.path} (listed in "
                                             f"{self.root / SPLIT_DIR / SPLIT_FILES[file_split]})")
-            self._caches += [(cache, k) for k in range(len(shapes))]
+            else:
+                self._cache[file_split] = cache
+            self._where += [(file_split if cache is not None else None, k) for k in range(len(shapes))]
             self.shapes += shapes
         if not self.shapes:
             raise ValueError(f"ShapeNetPart {split}: {self.root / SPLIT_DIR} lists no shape of the categories in "
@@ -261,7 +264,7 @@ class ShapeNetPart(Dataset):
                                           else transforms)
         self._calls = 0
         log.info("ShapeNetPart %s (%s%s): %d shapes, %d categories", split, self.root,
-                 ", cached" if any(c is not None for c, _ in self._caches) else "", len(self.shapes),
+                 ", cached" if self._cache else "", len(self.shapes),
                  len(np.unique(self.categories)))
 
     def __len__(self) -> int:
@@ -269,12 +272,22 @@ class ShapeNetPart(Dataset):
 
     def raw_shape(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(float32 [n, 6] xyz + normals as in the file, int64 [n] part ids) of item ``i``, every point."""
-        cache, k = self._caches[i]
-        if cache is None:
+        file_split, k = self._where[i]
+        if file_split is None:
             return read_shape(self.shapes[i].path, self.shapes[i].category)
-        points, labels, offsets = cache
+        if self._cache[file_split] is None:  # reopened after pickling (a spawned DataLoader worker)
+            paths = cache_paths(self.root, file_split)
+            self._cache[file_split] = (np.load(paths["points"], mmap_mode="r"), np.load(paths["labels"], mmap_mode="r"),
+                                       np.asarray(json.loads(paths["index"].read_text())["offsets"], dtype=np.int64))
+        points, labels, offsets = self._cache[file_split]
         lo, hi = int(offsets[k]), int(offsets[k + 1])
         return np.array(points[lo:hi], dtype=np.float32), np.asarray(labels[lo:hi], dtype=np.int64)
+
+    def __getstate__(self) -> dict:
+        # memory maps would pickle as full copies of the cache: workers reopen them instead
+        state = dict(self.__dict__)
+        state["_cache"] = dict.fromkeys(self._cache)
+        return state
 
     def _choose(self, pts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         n = len(pts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,10 @@ def test_prepare_cache_is_read_instead_of_the_files_and_checked(hand_tree, capsy
     for i in range(len(plain)):
         assert torch.equal(cached[i]["points"], plain[i]["points"])
         assert torch.equal(cached[i]["label"], plain[i]["label"])
+    # a pickled copy (a spawned DataLoader worker) reopens the memory maps instead of carrying the data
+    copy = pickle.loads(pickle.dumps(cached))
+    assert list(copy._cache.values()) == [None]
+    assert torch.equal(copy[1]["points"], plain[1]["points"]) and isinstance(copy._cache["test"][0], np.memmap)
     # the cache is used: the text files are no longer read
     expected = plain[1]["label"]
     for synset, shape_id, _ in shapes["test"]:
