@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 OWN_FORMAT = "pointdr2-checkpoint"
 TRUST_ENV = "POINTDR2_TRUST_CHECKPOINTS"
-_STATE_KEYS = ("base_model", "model", "state_dict")
+_STATE_KEYS = ("base_model", "model", "model_state_dict", "state_dict")
 
 
 def _harmless_globals() -> list:
