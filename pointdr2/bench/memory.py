@@ -73,6 +73,8 @@ CASE_MODULES = {
     "stack": "pointdr2.bench.cases_stack",
     "pointmae": "pointdr2.bench.cases_transformer",
     "pointbert": "pointdr2.bench.cases_transformer",
+    "pointmae-partseg": "pointdr2.bench.cases_transformer",
+    "pointbert-partseg": "pointdr2.bench.cases_transformer",
     "pointnext-b": "pointdr2.bench.cases_pointnext",
     "pointnext-l": "pointdr2.bench.cases_pointnext",
     "pointnext-xl": "pointdr2.bench.cases_pointnext",
