@@ -264,7 +264,9 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, *, strict_fore
                                  f"{tuple(own[key].shape)} (different model size or num_classes?)")
         model.load_state_dict(state)
         return ckpt
-    if not any(k in ckpt for k in ("model", "base_model", "state_dict")) and not all(
+    from pointdr2.models.checkpoints import STATE_KEYS
+
+    if not any(k in ckpt for k in STATE_KEYS) and not all(
             isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise ValueError(f"{path} is not a model checkpoint (top-level keys: {', '.join(list(map(str, ckpt))[:6])})")
     from pointdr2.models.checkpoints import load_into

@@ -143,3 +143,26 @@ def test_pointbert_config_trains_conventionally(setup, tmp_path):
     assert main(["train", str(cfg), "finetune.mode=conventional"]) == 0
     test = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
     assert {"ins_miou", "cls_miou", "oa"} <= set(test)
+
+
+def test_eval_reads_an_official_part_seg_checkpoint(setup, tmp_path, capsys):
+    """A checkpoint in the layout of Point-MAE's segmentation/main.py ({"model_state_dict", "epoch", metrics as
+    NumPy scalars}) is evaluated as published: conventional model, every key loaded."""
+    from pointdr2.models import build_model
+
+    _, cfg, _ = setup
+    conf = load_config(cfg)
+    conf.model["num_classes"] = 50
+    torch.manual_seed(3)
+    model = build_model(conf.model)
+    path = tmp_path / "best_model.pth"
+    torch.save({"epoch": 12, "class_avg_iou": np.float64(0.5), "inctance_avg_iou": np.float64(0.6),
+                "model_state_dict": model.state_dict(), "optimizer_state_dict": {}}, path)
+    capsys.readouterr()
+    assert main(["eval", str(cfg), "--checkpoint", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    dataset, _, net, _, _ = load_for_eval(load_config(cfg), path)
+    assert type(net).__name__ == "PointTransformerPartSeg"
+    hand = _hand_metrics(model.eval(), dataset)
+    assert out["ins_miou"] == pytest.approx(hand["ins_miou"], abs=1e-9)
+    assert out["cls_miou"] == pytest.approx(hand["cls_miou"], abs=1e-9)
