@@ -31,7 +31,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
@@ -45,7 +44,7 @@ from pointdr2.models.point_transformer import (
     _check_model_config,
 )
 from pointdr2.models.registry import register_model
-from pointdr2.nn.part_seg import PointNetFeaturePropagation
+from pointdr2.nn.part_seg import PointNetFeaturePropagation, category_one_hot
 from pointdr2.nn.tokenizer import Group, PointPatchEncoder
 from pointdr2.nn.transformer import TransformerEncoder
 
@@ -171,19 +170,7 @@ class PointTransformerPartSeg(PatchTokenizerMixin, nn.Module):
 
     def one_hot(self, category: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
         """int64 [B] category labels (or a one-hot / soft [B, C] tensor as given) -> float [B, C, 1]."""
-        c = self.num_categories
-        if not isinstance(category, torch.Tensor):
-            raise ValueError(f"category must be a torch.Tensor [B] of labels, got {type(category).__name__}")
-        if category.is_floating_point() and category.shape == (batch, c):
-            return category.to(like.dtype).unsqueeze(-1)
-        if category.is_floating_point() or category.reshape(-1).shape[0] != batch:
-            raise ValueError(f"category must be int64 labels [B={batch}] or a float one-hot [B, {c}], "
-                             f"got {category.dtype} {list(category.shape)}")
-        category = category.reshape(-1).long()
-        if bool(((category < 0) | (category >= c)).any()):
-            raise ValueError(f"category labels must lie in 0..{c - 1} (model.num_categories={c}), "
-                             f"got {category.tolist()}")
-        return F.one_hot(category, c).to(like.dtype).unsqueeze(-1)
+        return category_one_hot(category, batch, self.num_categories, like)
 
     def segment(self, points: torch.Tensor, center: torch.Tensor, category: torch.Tensor,
                 *features: torch.Tensor) -> torch.Tensor:

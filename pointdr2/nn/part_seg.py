@@ -1,4 +1,7 @@
-"""Per-point layers of the Point-MAE / Point-BERT part-segmentation heads.
+"""Per-point layers of the part-segmentation heads (Point-MAE / Point-BERT, PointNeXt).
+
+``category_one_hot`` turns the shape categories the models are called with into the one-hot input of
+their category embeddings.
 
 ``PointNetFeaturePropagation`` is PointNet++'s feature propagation as the PyTorch port those heads
 import computes it: inverse *squared*-distance weights ``1 / (d^2 + 1e-8)`` over the 3 nearest coarse
@@ -17,7 +20,26 @@ from torch import nn
 
 from pointdr2 import ops
 
-__all__ = ["PointNetFeaturePropagation"]
+__all__ = ["PointNetFeaturePropagation", "category_one_hot"]
+
+
+def category_one_hot(category: torch.Tensor, batch: int, num_categories: int, like: torch.Tensor) -> torch.Tensor:
+    """int64 labels ``[B]`` (or ``[B, 1]``), or a float one-hot / soft ``[B, num_categories]`` used as given,
+    -> ``[B, num_categories, 1]`` in ``like``'s dtype and device. Raises ValueError for another shape or a
+    label outside ``0..num_categories-1``."""
+    c = num_categories
+    if not isinstance(category, torch.Tensor):
+        raise ValueError(f"category must be a torch.Tensor [B] of labels, got {type(category).__name__}")
+    if category.is_floating_point() and category.shape == (batch, c):
+        return category.to(like).unsqueeze(-1)
+    if category.is_floating_point() or category.reshape(-1).shape[0] != batch:
+        raise ValueError(f"category must be int64 labels [B={batch}] or a float one-hot [B, {c}], "
+                         f"got {category.dtype} {list(category.shape)}")
+    category = category.reshape(-1).long()
+    if bool(((category < 0) | (category >= c)).any()):
+        raise ValueError(f"category labels must lie in 0..{c - 1} (model.num_categories={c}), "
+                         f"got {category.tolist()}")
+    return F.one_hot(category, c).to(like).unsqueeze(-1)
 
 
 class PointNetFeaturePropagation(nn.Module):
