@@ -8,12 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from test_partseg_engine import _hand_metrics
 
 from pointdr2.cli import main
 from pointdr2.config import load_config
+from pointdr2.data import build_dataset
 from pointdr2.data.synthetic import write_layout
 from pointdr2.engine.commands import load_for_eval
+from pointdr2.models import build_model, load_pretrained
 
 CONFIG = Path(__file__).resolve().parents[2] / "pointdr2" / "configs" / "shapenetpart" / "pointnext-s.yaml"
 
@@ -61,3 +64,27 @@ def test_train_then_eval_equals_the_hand_computed_metrics(data, run, capsys):
     for key in ("ins_miou", "cls_miou", "oa"):
         assert out[key] == pytest.approx(hand[key], abs=1e-9), key
         assert out[key] == pytest.approx(test[key]), key
+
+
+def test_eval_of_an_official_checkpoint_equals_its_model_by_hand(data, capsys):
+    """An openpoints checkpoint ({model, optimizer, scheduler, epoch, ...}) evaluated as it is."""
+    cfg = data / "official.yaml"
+    cfg.write_text(TINY.format(base=CONFIG, root=data / "data", blocks=[1, 1, 1, 1, 1],
+                               finetune="{mode: conventional}", run=data / "runs" / "official"))
+    config = load_config(cfg)
+    g = torch.Generator().manual_seed(0)
+    official = {k: (v if k.endswith("num_batches_tracked") else
+                    (torch.rand(v.shape, generator=g) + 0.5 if k.endswith("running_var") else
+                     0.3 * torch.randn(v.shape, generator=g)))
+                for k, v in build_model(config.model).state_dict().items()}
+    path = data / "pointnext-s_ckpt_best.pth"
+    torch.save({"model": official, "optimizer": {}, "scheduler": {}, "epoch": 299, "ins_miou": 0.0}, path)
+    capsys.readouterr()
+    assert main(["eval", str(cfg), "--checkpoint", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    model = build_model(config.model)
+    report = load_pretrained(model, path)
+    assert report.missing == [] and report.unexpected == []
+    hand = _hand_metrics(model.eval(), build_dataset(config.dataset, "test"))
+    for key in ("ins_miou", "cls_miou", "oa"):
+        assert out[key] == pytest.approx(hand[key], abs=1e-9), key
