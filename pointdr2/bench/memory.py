@@ -78,6 +78,7 @@ CASE_MODULES = {
     "pointnext-b": "pointdr2.bench.cases_pointnext",
     "pointnext-l": "pointdr2.bench.cases_pointnext",
     "pointnext-xl": "pointdr2.bench.cases_pointnext",
+    "pointnext-s-partseg": "pointdr2.bench.cases_pointnext",
 }
 MODES = ("conventional", "checkpoint", "dr2net", "dr2net-auto")
 MEASURES = ("saved", "peak", "time")
