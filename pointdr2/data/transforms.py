@@ -20,6 +20,8 @@ Pipelines of the codebases users know:
   ``scale``, ``xyz_align``, ``rotate``, ``jitter``, ``chromatic_drop``, ``chromatic_normalize``
   (S3DIS colour mean/std); test ``xyz_align``, ``chromatic_normalize``. ``center_normalize`` (with
   ``append_height``) is the object-classification variant.
+- PointNeXt (ShapeNetPart), ``cfgs/shapenetpart/default.yaml``: train ``scale``, ``center_normalize``
+  (``append_height``: xyz, normals, height), ``jitter``, ``normal_drop``; test ``center_normalize``.
 """
 
 from __future__ import annotations
