@@ -208,7 +208,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------- prepare
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="prepare datasets: modelnet40 | scanobjectnn | s3dis | synthetic")
+    p = sub.add_parser("prepare", help="prepare datasets: modelnet40 | scanobjectnn | s3dis | shapenetpart | synthetic")
     _prepare_subcommands(p)
 
 
@@ -234,8 +234,17 @@ def _prepare_subcommands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="rewrite rooms already converted")
     p.set_defaults(func=_run_prepare_s3dis)
 
+    p = which.add_parser("shapenetpart", help="check every ShapeNetPart file and write the loader's cache")
+    p.add_argument("--root", required=True,
+                   help="shapenetcore_partanno_segmentation_benchmark_v0_normal (or the folder holding it)")
+    p.add_argument("--no-cache", action="store_true", help="only check; write no cache")
+    p.add_argument("--overwrite", action="store_true", help="re-read every file and rewrite an existing cache")
+    p.add_argument("--num-points", type=int, default=2048, help="report shapes with fewer points (default 2048)")
+    p.set_defaults(func=_run_prepare_shapenetpart)
+
     p = which.add_parser("synthetic", help="write synthetic data in an official layout")
-    p.add_argument("--layout", required=True, help="modelnet40-txt | modelnet40-h5 | scanobjectnn | s3dis-raw | all")
+    p.add_argument("--layout", required=True,
+                   help="modelnet40-txt | modelnet40-h5 | scanobjectnn | s3dis-raw | shapenetpart | all")
     p.add_argument("--out", required=True, help="output folder (the layout's folder is created inside)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default="demo", help="test | demo | small | study (default demo)")
@@ -275,6 +284,18 @@ def _run_prepare_s3dis(args: argparse.Namespace) -> int:
         print(f"file skipped: {path}: {reason}")
     for room, reason in report.skipped_rooms:
         print(f"room skipped: {room}: {reason}")
+    return 0
+
+
+def _run_prepare_shapenetpart(args: argparse.Namespace) -> int:
+    from pointdr2.data.prepare.shapenetpart import check_shapenetpart
+
+    rows = check_shapenetpart(args.root, cache=not args.no_cache, overwrite=args.overwrite, num_points=args.num_points)
+    print(f"{'split':<6} {'shapes':>6} {'categories':>10} {'points min/median/max':>22} "
+          f"{'< ' + str(args.num_points):>7} {'parts':>6}  cache")
+    for r in rows:
+        print(f"{r['split']:<6} {r['shapes']:>6} {r['categories']:>10} {r['points']:>22} {r['below']:>7} "
+              f"{r['parts']:>6}  {r['cache']}")
     return 0
 
 

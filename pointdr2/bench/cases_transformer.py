@@ -1,4 +1,7 @@
-"""Benchmark case for ``pointdr2 bench memory --model pointmae|pointbert``: ModelNet40 finetuning.
+"""Benchmark cases for ``pointdr2 bench memory --model pointmae|pointbert``: ModelNet40 finetuning; and
+``--model pointmae-partseg|pointbert-partseg``: ShapeNetPart finetuning (the official part-segmentation model,
+128 x 32 groups at 2,048 points, the head reading blocks depth/3, 2*depth/3 and depth, per-point cross-entropy
+over 50 parts; the recipe's batch is 16).
 
 One training step of the official finetuning configuration (dim 384, 6 heads, 64 groups x 32
 points, 40 classes) on ``batch`` synthetic clouds of ``points`` points (the recipe uses 1024),
@@ -9,7 +12,7 @@ Rows (see ``pointdr2/bench/memory.py``):
 - ``checkpoint``: ``to_dr2net(model, 1.0, 0.0, mode="checkpoint", recompute_stem=True)``: every
   sub-block checkpointed, tokenizer recomputed in chunks of groups;
 - ``dr2net`` / ``dr2net-auto``: ``to_dr2net(model, alpha, beta, mode="reversible" / "auto",
-  recompute_stem=True)``.
+  recompute_stem=True)`` (part segmentation: the head reads the stack's taps and is recomputed too).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from torch import nn
 from pointdr2.bench.memory import model_for_mode
 from pointdr2.models import build_model
 
-MODELS = ("pointmae", "pointbert")
+MODELS = ("pointmae", "pointbert", "pointmae-partseg", "pointbert-partseg")
 NUM_CLASSES = 40
+NUM_PARTS, NUM_CATEGORIES = 50, 16
 
 
 def synthetic_clouds(batch: int, points: int, generator: torch.Generator) -> torch.Tensor:
@@ -44,7 +48,8 @@ def build_case(model: str, mode: str, depth: int | None, batch: int, points: int
     """-> (module in train mode on ``device``, (points,), loss_fn(logits) -> scalar)."""
     if model not in MODELS:
         raise ValueError(f"cases_transformer: model must be one of {', '.join(MODELS)}, got {model!r}")
-    cfg = {"name": model, "num_classes": NUM_CLASSES}
+    partseg = model.endswith("-partseg")
+    cfg = {"name": model, "num_classes": NUM_PARTS if partseg else NUM_CLASSES}
     if depth is not None:
         if depth < 1:
             raise ValueError(f"cases_transformer: depth must be >= 1 transformer blocks, got {depth}")
@@ -57,15 +62,23 @@ def build_case(model: str, mode: str, depth: int | None, batch: int, points: int
     else:
         # the recipes scale groups with points (1024 -> 64 x 32, 2048 -> 128 x 32)
         cfg.update(num_group=64 * max(1, math.ceil(points / 1024)), group_size=32)
+    if partseg:
+        cfg["num_group"] = max(3, cfg["num_group"])
     net = build_model(cfg)
     module = model_for_mode(net, mode, alpha, beta, "cases_transformer")
     module.depth_label = str(len(net.blocks.blocks))  # transformer blocks, for the table
     module = module.to(device).train()
     g = torch.Generator().manual_seed(0)
     pts = synthetic_clouds(batch, points, g)
-    target = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
+    if partseg:  # per-point part labels [B, N] of each shape's category
+        category = torch.randint(0, NUM_CATEGORIES, (batch,), generator=g)
+        target = torch.randint(0, NUM_PARTS, (batch, points), generator=g).to(device)
+        inputs: tuple[torch.Tensor, ...] = (pts.to(device), category.to(device))
+    else:
+        target = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
+        inputs = (pts.to(device),)
 
     def loss_fn(logits: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target)
 
-    return module, (pts.to(device),), loss_fn
+    return module, inputs, loss_fn

@@ -73,9 +73,12 @@ CASE_MODULES = {
     "stack": "pointdr2.bench.cases_stack",
     "pointmae": "pointdr2.bench.cases_transformer",
     "pointbert": "pointdr2.bench.cases_transformer",
+    "pointmae-partseg": "pointdr2.bench.cases_transformer",
+    "pointbert-partseg": "pointdr2.bench.cases_transformer",
     "pointnext-b": "pointdr2.bench.cases_pointnext",
     "pointnext-l": "pointdr2.bench.cases_pointnext",
     "pointnext-xl": "pointdr2.bench.cases_pointnext",
+    "pointnext-s-partseg": "pointdr2.bench.cases_pointnext",
 }
 MODES = ("conventional", "checkpoint", "dr2net", "dr2net-auto")
 MEASURES = ("saved", "peak", "time")

@@ -8,6 +8,9 @@ modelnet40     root, num_points (1024), use_normals (false), layout (auto|txt|h5
                sampling (fps|first, txt files without cache), use_cache (true), transforms
 scanobjectnn   root, variant (OBJ_BG|OBJ_ONLY|PB_T50_RS), num_points (all: 2048), use_mask (false),
                normalize (false), transforms
+shapenetpart   root, num_points (2048), use_normals (false), normalize (true), sampling (random|fps),
+               trainval (false: train on the release's train split; true: train + val), use_cache (true),
+               transforms
 s3dis          root, test_area (5), voxel_size (0.04), crop_points (24000), loop (30),
                test_voxel_size (= voxel_size), merge_classes ({new: [S3DIS classes]}), transforms
 =============  ===================================================================================
@@ -17,7 +20,9 @@ s3dis          root, test_area (5), voxel_size (0.04), crop_points (24000), loop
 
 Splits: "train", "test", and "val" = a deterministic carve of ``val_fraction`` of the official
 training split (stratified by class; by room for S3DIS) fixed by ``seed``; "train" excludes it.
-Pass ``val_fraction=0`` to train on the whole official training split.
+Pass ``val_fraction=0`` to train on the whole official training split. ShapeNetPart has a validation
+split of its own: its "val" is the release's ``shuffled_val_file_list.json`` and ``val_fraction``
+does not apply.
 """
 
 from __future__ import annotations
@@ -38,11 +43,12 @@ from pointdr2.data.common import check_fraction, check_split
 from pointdr2.data.modelnet40 import ModelNet40
 from pointdr2.data.s3dis import S3DIS, S3DISRoom, S3DISWholeRoom, scatter_predictions
 from pointdr2.data.scanobjectnn import ScanObjectNN
+from pointdr2.data.shapenetpart import ShapeNetPart
 from pointdr2.data.transforms import build_transforms
 
 __all__ = [
     "DATASETS", "MODELNET40_CLASSES", "S3DIS_CLASSES", "S3DIS_COLORS", "SCANOBJECTNN_CLASSES",
-    "ModelNet40", "S3DIS", "S3DISRoom", "S3DISWholeRoom", "ScanObjectNN", "build_dataset",
+    "ModelNet40", "S3DIS", "S3DISRoom", "S3DISWholeRoom", "ScanObjectNN", "ShapeNetPart", "build_dataset",
     "build_transforms", "register_dataset", "scatter_predictions",
 ]
 
@@ -83,6 +89,11 @@ def _build_scanobjectnn(opts: dict, split: str, val_fraction: float, seed: int) 
     return ScanObjectNN(split=split, val_fraction=val_fraction, seed=seed, **opts)
 
 
+@register_dataset("shapenetpart", ("num_points", "use_normals", "normalize", "sampling", "trainval", "use_cache"))
+def _build_shapenetpart(opts: dict, split: str, val_fraction: float, seed: int) -> Dataset:
+    return ShapeNetPart(split=split, val_fraction=val_fraction, seed=seed, **opts)
+
+
 @register_dataset("s3dis", ("test_area", "voxel_size", "crop_points", "loop", "test_voxel_size", "merge_classes"))
 def _build_s3dis(opts: dict, split: str, val_fraction: float, seed: int) -> Dataset:
     test_voxel = opts.pop("test_voxel_size", opts.get("voxel_size", 0.04))
@@ -97,7 +108,8 @@ def build_dataset(cfg_dataset: Mapping, split: str, val_fraction: float = 0.1, s
 
     Classification datasets yield ``{"points": float32 [N, 3(+C)], "label": int64 []}``; S3DIS
     "train" yields ``{"pos", "feats", "label"}`` crops and "val"/"test" yield whole rooms
-    (:class:`S3DISRoom`, flagged by ``dataset.whole_room``). Every dataset has ``num_classes`` and
+    (:class:`S3DISRoom`, flagged by ``dataset.whole_room``); ShapeNetPart yields ``{"points" [N, 3(+3)],
+    "label" int64 [N] part ids, "category" int64 []}``. Every dataset has ``num_classes`` and
     ``class_names``.
     """
     if not isinstance(cfg_dataset, Mapping):

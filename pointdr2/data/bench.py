@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             "scanobjectnn PB_T50_RS + BERT train aug": (
                 {"name": "scanobjectnn", "root": str(root), "variant": "PB_T50_RS",
                  "transforms": {"train": BERT_TRAIN}}, "train", 32),
+            "shapenetpart txt, 2048 pts + scale": (
+                {"name": "shapenetpart", "root": str(root), "use_cache": False}, "train", 32),
             "s3dis train crops (24000 pts, PointNeXt aug)": (
                 {"name": "s3dis", "root": str(Path(tmp) / "s3disfull")}, "train", 8),
         }

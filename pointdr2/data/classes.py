@@ -55,3 +55,25 @@ SYNTHETIC_MODELNET_CLASSES: tuple[str, ...] = (
     "cup", "desk", "lamp", "monitor", "sofa", "stool", "table", "toilet",
 )
 SYNTHETIC_SCANOBJECTNN_CLASSES: tuple[str, ...] = SCANOBJECTNN_CLASSES
+
+# ShapeNetPart (shapenetcore_partanno_segmentation_benchmark_v0_normal): the 16 categories in label order with
+# their synset offset ids (synsetoffset2category.txt) and the global part ids each owns (50 parts in all). The
+# files' last column is the global part id; category label i owns parts SHAPENETPART_PARTS[i].
+SHAPENETPART_CATEGORIES: tuple[str, ...] = (
+    "Airplane", "Bag", "Cap", "Car", "Chair", "Earphone", "Guitar", "Knife",
+    "Lamp", "Laptop", "Motorbike", "Mug", "Pistol", "Rocket", "Skateboard", "Table",
+)
+SHAPENETPART_SYNSETS: tuple[str, ...] = (
+    "02691156", "02773838", "02954340", "02958343", "03001627", "03261776", "03467517", "03624134",
+    "03636649", "03642806", "03790512", "03797390", "03948459", "04099429", "04225987", "04379243",
+)
+_PART_COUNTS = (4, 2, 2, 4, 4, 3, 3, 2, 4, 2, 6, 2, 3, 3, 3, 3)
+SHAPENETPART_PARTS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(range(sum(_PART_COUNTS[:i]), sum(_PART_COUNTS[: i + 1]))) for i in range(len(_PART_COUNTS))
+)
+# Part names as "<Category>_<k>" (k-th part of the category): the release numbers parts, it does not name them.
+SHAPENETPART_PART_NAMES: tuple[str, ...] = tuple(
+    f"{cat}_{k}" for cat, parts in zip(SHAPENETPART_CATEGORIES, SHAPENETPART_PARTS) for k in range(len(parts))
+)
+
+assert len(SHAPENETPART_SYNSETS) == len(SHAPENETPART_CATEGORIES) == 16 and len(SHAPENETPART_PART_NAMES) == 50

@@ -23,6 +23,10 @@ SOURCES = {
     "scanobjectnn": (
         "h5_files.zip of ScanObjectNN, granted through the form at https://hkust-vgd.github.io/scanobjectnn/"
     ),
+    "shapenetpart": (
+        "shapenetcore_partanno_segmentation_benchmark_v0_normal.zip from https://shapenet.cs.stanford.edu/media/ "
+        "(mirrors are listed in the Point-MAE and PointNeXt segmentation READMEs)"
+    ),
     "s3dis": (
         "Stanford3dDataset_v1.2_Aligned_Version.zip from http://buildingparser.stanford.edu/dataset.html, "
         "converted with `pointdr2 prepare s3dis --raw <Stanford3dDataset_v1.2_Aligned_Version> --out <s3disfull>`"

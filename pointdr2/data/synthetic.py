@@ -17,12 +17,16 @@ of the demo and of every test. They are small but not trivial:
 - ``write_s3dis_raw``: rooms with floor, ceiling, walls with window and door openings, beams,
   columns, tables, chairs, bookcases, sofas, boards, clutter and sometimes stairs, with rgb, in the
   ``Stanford3dDataset_v1.2_Aligned_Version/Area_k/<room>/Annotations/<class>_<i>.txt`` layout.
+- ``write_shapenetpart``: the 16 ShapeNetPart categories, each shape composed of labelled parts (an
+  airplane's body, wings, tail and engines; a chair's back, seat, legs and sometimes arms; ...) with normals,
+  in the ``shapenetcore_partanno_segmentation_benchmark_v0_normal`` layout.
 
 Everything is driven by one ``seed``: the same seed and size write byte-identical files.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -32,7 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pointdr2.data.classes import SYNTHETIC_MODELNET_CLASSES, SYNTHETIC_SCANOBJECTNN_CLASSES
+from pointdr2.data.classes import (
+    SHAPENETPART_CATEGORIES,
+    SHAPENETPART_PARTS,
+    SHAPENETPART_SYNSETS,
+    SYNTHETIC_MODELNET_CLASSES,
+    SYNTHETIC_SCANOBJECTNN_CLASSES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +50,7 @@ log = logging.getLogger(__name__)
 # 3: PB_T50_RS copies on streams of their own).
 GENERATOR_VERSION = 3
 
-LAYOUTS = ("modelnet40-txt", "modelnet40-h5", "scanobjectnn", "s3dis-raw")
+LAYOUTS = ("modelnet40-txt", "modelnet40-h5", "scanobjectnn", "s3dis-raw", "shapenetpart")
 
 # Per size: objects per class (train, test), points per object, rooms per area, areas, points per m^2.
 SIZES: dict[str, dict] = {
@@ -827,11 +837,253 @@ def write_s3dis_raw(out: str | Path, size: str = "demo", seed: int = 0) -> Path:
     return root
 
 
+# ---------------------------------------------------------------------------- ShapeNetPart
+# Per size: shapes per category in the release's train / val / test split files and the range of points per
+# shape (the release has about 2,000-3,000, a few below 2,048).
+SHAPENETPART_SIZES: dict[str, dict] = {
+    "test": {"train": 2, "val": 1, "test": 1, "points": (160, 240)},
+    "demo": {"train": 30, "val": 5, "test": 10, "points": (1900, 2900)},
+    "small": {"train": 15, "val": 3, "test": 5, "points": (1900, 2900)},
+    "study": {"train": 80, "val": 12, "test": 30, "points": (1900, 2900)},
+}
+
+
+def _labelled(parts: list[Part], labels: list[int]) -> list[tuple[Part, int]]:
+    return list(zip(parts, labels))
+
+
+def _snp_airplane(rng):
+    """body (fuselage and nose), wing, tail (stabiliser and fin), engine."""
+    parts = obj_airplane(rng)  # body, nose, wing, tail, fin
+    out = _labelled(parts, [0, 0, 1, 2, 2])
+    if rng.random() < 0.85:
+        length = parts[0].p["h"] / 0.8
+        r = parts[0].p["r"]
+        span, wing_x = parts[2].p["size"][1], parts[2].at[0]
+        n_eng = 2 if rng.random() < 0.7 else 4
+        for k in range(n_eng):
+            y = (0.22 if k < 2 else 0.38) * span * (1 if k % 2 else -1)
+            out.append((Part("cyl", {"r": 0.4 * r, "h": 0.2 * length}, (wing_x - 0.08 * length, y, -1.2 * r),
+                             rot=rot_y(math.pi / 2)), 3))
+    return out
+
+
+def _snp_bag(rng):
+    return _labelled(obj_bag(rng), [1, 0])  # body, handle
+
+
+def _snp_cap(rng):
+    r = _u(rng, 0.09, 0.12)
+    return [(Part("ellipsoid", {"radii": (r, 1.05 * r, _u(rng, 0.6, 0.9) * r), "zmax": 0.0}, rot=rot_x(math.pi)), 0),
+            (Part("ellipsoid", {"radii": (0.75 * r, _u(rng, 0.6, 0.9) * r, 0.01)}, (0, 1.15 * r, 0.0)), 1)]
+
+
+def _snp_car(rng):
+    """roof, hood, wheel, body (its sides and the trunk lid; hood and roof cover the rest of its top)."""
+    length, width, height, r = _u(rng, 3.8, 4.8), _u(rng, 1.6, 1.9), _u(rng, 1.3, 1.5), _u(rng, 0.3, 0.36)
+    low = 0.45 * height
+    roof_lo, roof_hi = -_u(rng, 0.25, 0.3) * length, _u(rng, 0.15, 0.2) * length
+    hood = 0.5 * length - roof_hi
+    trunk = roof_lo + 0.5 * length
+    out = [(Part("box", {"size": (length, width, low), "faces": "xXyYz"}, (0, 0, r + low / 2)), 3),
+           (Part("box", {"size": (trunk, width, 0.01), "faces": "Z"}, (-0.5 * length + trunk / 2, 0, r + low)), 3),
+           (Part("box", {"size": (hood, 0.95 * width, 0.06), "faces": "xXyYZ"}, (roof_hi + hood / 2, 0, r + low + 0.03)),
+            1),
+           (Part("box", {"size": (roof_hi - roof_lo, 0.9 * width, height - low), "faces": "xXyYZ"},
+                 ((roof_lo + roof_hi) / 2, 0, r + low + (height - low) / 2)), 0)]
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            out.append((Part("cyl", {"r": r, "h": 0.22}, (sx * 0.33 * length, sy * width / 2 + 0.11, r),
+                             rot=rot_x(math.pi / 2)), 2))
+    return out
+
+
+def _snp_chair(rng):
+    parts = obj_chair(rng)  # seat, back, four legs, maybe two armrests
+    return _labelled(parts, [1, 0, 2, 2, 2, 2, 3, 3][: len(parts)])
+
+
+def _snp_earphone(rng):
+    """earphone (the two cups), headband, wire."""
+    big, cup = _u(rng, 0.075, 0.095), _u(rng, 0.035, 0.05)
+    out = [(Part("ellipsoid", {"radii": (0.022, cup * 0.9, cup)}, (s * big, 0, 0)), 0) for s in (-1, 1)]
+    out.append((Part("torus", {"R": big, "r": 0.008, "arc": math.pi}, (0, 0, 0), rot=rot_x(math.pi / 2)), 1))
+    if rng.random() < 0.6:
+        wire = _u(rng, 0.1, 0.2)  # hangs from the bottom of one cup
+        out.append((Part("cyl", {"r": 0.004, "h": wire, "caps": ""}, (big, 0, -0.9 * cup - wire)), 2))
+    return out
+
+
+def _snp_guitar(rng):
+    """head, neck, body (two bouts)."""
+    bx, bz = _u(rng, 0.17, 0.22), _u(rng, 0.2, 0.26)
+    top = 2 * bz + 0.6 * bz
+    neck = _u(rng, 0.4, 0.5)
+    return [(Part("ellipsoid", {"radii": (bx, 0.05, bz)}, (0, 0, bz)), 2),
+            (Part("ellipsoid", {"radii": (0.75 * bx, 0.045, 0.6 * bz)}, (0, 0, 2 * bz)), 2),
+            (Part("box", {"size": (0.05, 0.03, neck)}, (0, 0.03, top + neck / 2 - 0.05)), 1),
+            (Part("box", {"size": (0.08, 0.03, _u(rng, 0.15, 0.2))}, (0, 0.03, top + neck + 0.04)), 0)]
+
+
+def _snp_knife(rng):
+    blade, handle = _u(rng, 0.15, 0.25), _u(rng, 0.09, 0.12)
+    return [(Part("box", {"size": (blade, 0.004, _u(rng, 0.025, 0.04))}, (blade / 2, 0, 0)), 0),
+            (Part("box", {"size": (handle, 0.018, 0.026)}, (-handle / 2, 0, -0.003)), 1)]
+
+
+def _snp_lamp(rng):
+    """base, lampshade, canopy, tube."""
+    parts = obj_lamp(rng)  # base, tube, shade
+    shade = parts[2]
+    out = _labelled(parts, [0, 3, 1])
+    if rng.random() < 0.7:
+        out.append((Part("cyl", {"r": 0.35 * shade.p["r2"], "h": 0.04}, (0, 0, shade.at[2] + shade.p["h"])), 2))
+    return out
+
+
+def _snp_laptop(rng):
+    w, d, tilt = _u(rng, 0.3, 0.4), _u(rng, 0.2, 0.28), _u(rng, 0.05, 0.45)
+    return [(Part("box", {"size": (w, d, 0.02)}, (0, 0, 0.01)), 0),
+            (Part("box", {"size": (w, 0.008, d)}, (0, -d / 2 - math.sin(tilt) * d / 2, 0.02 + math.cos(tilt) * d / 2),
+                  rot=rot_x(tilt)), 1)]
+
+
+def _snp_motorbike(rng):
+    """gas tank, seat, wheel, handle, light, body."""
+    r = _u(rng, 0.28, 0.33)
+    out = [(Part("torus", {"R": r, "r": 0.06}, (s * 0.7, 0, r), rot=rot_x(math.pi / 2)), 2) for s in (-1, 1)]
+    out += [(Part("box", {"size": (1.0, 0.2, 0.3), "faces": "xXyYz"}, (0, 0, r + 0.15)), 5),
+            (Part("ellipsoid", {"radii": (0.25, 0.15, 0.12)}, (0.2, 0, r + 0.42)), 0),
+            (Part("box", {"size": (0.4, 0.22, 0.06)}, (-0.25, 0, r + 0.33)), 1),
+            (Part("cyl", {"r": 0.015, "h": 0.6}, (0.5, 0.3, r + 0.55), rot=rot_x(math.pi / 2)), 3),
+            (Part("cyl", {"r": 0.07, "h": 0.06}, (0.62, 0, r + 0.4), rot=rot_y(math.pi / 2)), 4)]
+    return out
+
+
+def _snp_mug(rng):
+    return _labelled(obj_cup(rng), [1, 0])  # cup, handle (sometimes none)
+
+
+def _snp_pistol(rng):
+    barrel = _u(rng, 0.15, 0.22)
+    return [(Part("box", {"size": (barrel, 0.03, 0.035)}, (barrel / 2 - 0.03, 0, 0)), 0),
+            (Part("box", {"size": (0.035, 0.03, 0.11)}, (-0.02, 0, -0.06), rot=rot_y(-0.25)), 1),
+            (Part("torus", {"R": 0.025, "r": 0.004, "arc": math.pi}, (0.03, 0, -0.018), rot=rot_x(-math.pi / 2)), 2)]
+
+
+def _snp_rocket(rng):
+    r, h = _u(rng, 0.05, 0.08), _u(rng, 0.6, 0.9)
+    out = [(Part("cyl", {"r": r, "h": h, "caps": "b"}), 0),
+           (Part("cone", {"r1": r, "r2": 0.0, "h": _u(rng, 0.15, 0.25), "caps": ""}, (0, 0, h)), 2)]
+    fins = 3 if rng.random() < 0.5 else 4
+    for k in range(fins):
+        a = 2 * math.pi * k / fins
+        out.append((Part("box", {"size": (0.1, 0.006, 0.15)}, ((r + 0.05) * math.cos(a), (r + 0.05) * math.sin(a), 0.075),
+                         rot=rot_z(a)), 1))
+    return out
+
+
+def _snp_skateboard(rng):
+    """wheel, deck, truck."""
+    length = _u(rng, 0.7, 0.85)
+    out = [(Part("box", {"size": (length, 0.21, 0.015)}, (0, 0, 0.1)), 1)]
+    for sx in (-1, 1):
+        out.append((Part("box", {"size": (0.04, 0.16, 0.03)}, (sx * 0.35 * length, 0, 0.075)), 2))
+        for sy in (-1, 1):
+            out.append((Part("cyl", {"r": 0.028, "h": 0.03}, (sx * 0.35 * length, sy * 0.09 + 0.015, 0.03),
+                             rot=rot_x(math.pi / 2)), 0))
+    return out
+
+
+def _snp_table(rng):
+    """top, leg, support (an apron under the top, on some tables)."""
+    parts = obj_table(rng)  # top, four legs
+    out = _labelled(parts, [0, 1, 1, 1, 1])
+    if rng.random() < 0.6:
+        w, d, t = parts[0].p["size"]
+        z = parts[0].at[2] - t / 2 - 0.05
+        out.append((Part("box", {"size": (0.85 * w, 0.85 * d, 0.1), "faces": "xXyY"}, (0, 0, z)), 2))
+    return out
+
+
+SHAPENETPART_OBJECTS: tuple[Callable[[np.random.Generator], list[tuple[Part, int]]], ...] = (
+    _snp_airplane, _snp_bag, _snp_cap, _snp_car, _snp_chair, _snp_earphone, _snp_guitar, _snp_knife,
+    _snp_lamp, _snp_laptop, _snp_motorbike, _snp_mug, _snp_pistol, _snp_rocket, _snp_skateboard, _snp_table,
+)  # in the order of classes.SHAPENETPART_CATEGORIES; each returns (part, index within the category's parts)
+
+
+def shapenetpart_shape(category: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One shape of ``category``: (float32 [n, 6] xyz + unit normals, y up; int64 [n] global part ids).
+
+    Points are spread over the parts by area with at least 4 per part, so every part present is labelled;
+    proportions, optional parts, a mild anisotropic scale and noise vary from shape to shape.
+    """
+    labelled = SHAPENETPART_OBJECTS[category](rng)
+    parts = [p for p, _ in labelled]
+    first = SHAPENETPART_PARTS[category][0]
+    floor = 4
+    if n < floor * len(parts):
+        raise ValueError(f"{n} points cannot label the {len(parts)} parts of a {SHAPENETPART_CATEGORIES[category]}")
+    weights = np.array([p.area() for p in parts]) * np.exp(rng.uniform(-0.3, 0.3, len(parts)))
+    counts = rng.multinomial(n - floor * len(parts), weights / weights.sum()) + floor
+    pts, nrm, lab = [], [], []
+    for (part, local), c in zip(labelled, counts):
+        p, q = part.sample(int(c), rng)
+        pts.append(p)
+        nrm.append(q)
+        lab.append(np.full(int(c), first + local, dtype=np.int64))
+    pts, nrm, lab = np.concatenate(pts), np.concatenate(nrm), np.concatenate(lab)
+    scale = rng.uniform(0.9, 1.1, 3)
+    pts, nrm = pts * scale, nrm / scale
+    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+    extent = max(float(np.ptp(pts, axis=0).max()), 1e-6)
+    pts = pts + rng.normal(0, 0.002 * extent, pts.shape)
+    # y up and about unit size, off-centre: the loader's normalisation has work to do, as with the release
+    pts, nrm = _to_y_up(pts), _to_y_up(nrm)
+    pts = (pts - pts.mean(axis=0)) / extent + rng.uniform(-0.05, 0.05, 3)
+    order = rng.permutation(n)
+    return np.concatenate([pts, nrm], axis=1)[order].astype(np.float32), lab[order]
+
+
+def write_shapenetpart(out: str | Path, size: str = "demo", seed: int = 0) -> Path:
+    """Write ``out/shapenetcore_partanno_segmentation_benchmark_v0_normal/`` in the release's layout.
+
+    ``synsetoffset2category.txt``, ``train_test_split/shuffled_{train,val,test}_file_list.json`` (entries
+    ``shape_data/<synset>/<id>``, shuffled across categories) and ``<synset>/<id>.txt`` with
+    ``x y z nx ny nz part`` lines (the part id written as a float, as in the release). Each (split,
+    category) draws from its own random stream.
+    """
+    if size not in SHAPENETPART_SIZES:
+        raise ValueError(f"--size must be one of {', '.join(SHAPENETPART_SIZES)}, got {size!r}")
+    cfg = SHAPENETPART_SIZES[size]
+    root = Path(out) / "shapenetcore_partanno_segmentation_benchmark_v0_normal"
+    (root / "train_test_split").mkdir(parents=True, exist_ok=True)
+    (root / "synsetoffset2category.txt").write_text(
+        "".join(f"{name}\t{synset}\n" for name, synset in zip(SHAPENETPART_CATEGORIES, SHAPENETPART_SYNSETS)))
+    lo, hi = cfg["points"]
+    for split_index, split in enumerate(("train", "val", "test")):
+        entries = []
+        for category, synset in enumerate(SHAPENETPART_SYNSETS):
+            rng = np.random.default_rng([seed, 50, split_index, category])
+            (root / synset).mkdir(exist_ok=True)
+            for _ in range(cfg[split]):
+                shape_id = rng.bytes(16).hex()  # 32 hex digits, like the release's model ids
+                arr, labels = shapenetpart_shape(category, int(rng.integers(lo, hi + 1)), rng)
+                table = np.concatenate([arr.astype(np.float64), labels[:, None].astype(np.float64)], axis=1)
+                np.savetxt(root / synset / f"{shape_id}.txt", table, fmt="%.6f", delimiter=" ")
+                entries.append(f"shape_data/{synset}/{shape_id}")
+        order = np.random.default_rng([seed, 50, split_index]).permutation(len(entries))
+        (root / "train_test_split" / f"shuffled_{split}_file_list.json").write_text(
+            json.dumps([entries[k] for k in order]))
+    return root
+
+
 WRITERS: dict[str, Callable[..., Path]] = {
     "modelnet40-txt": write_modelnet40_txt,
     "modelnet40-h5": write_modelnet40_h5,
     "scanobjectnn": write_scanobjectnn,
     "s3dis-raw": write_s3dis_raw,
+    "shapenetpart": write_shapenetpart,
 }
 
 

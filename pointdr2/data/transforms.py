@@ -20,6 +20,8 @@ Pipelines of the codebases users know:
   ``scale``, ``xyz_align``, ``rotate``, ``jitter``, ``chromatic_drop``, ``chromatic_normalize``
   (S3DIS colour mean/std); test ``xyz_align``, ``chromatic_normalize``. ``center_normalize`` (with
   ``append_height``) is the object-classification variant.
+- PointNeXt (ShapeNetPart), ``cfgs/shapenetpart/default.yaml``: train ``scale``, ``center_normalize``
+  (``append_height``: xyz, normals, height), ``jitter``, ``normal_drop``; test ``center_normalize``.
 """
 
 from __future__ import annotations
@@ -289,6 +291,24 @@ class ChromaticDrop(Transform):
         return {**sample, "color": np.zeros_like(sample["color"])}
 
 
+@register_transform("normal_drop")
+class NormalDrop(Transform):
+    """With probability ``p`` set every normal (``points[:, 3:6]``) to 0: openpoints' ``ChromaticDropGPU``
+    as its ShapeNetPart configs apply it, where the feature channels it zeroes are the normals."""
+
+    def __init__(self, p: float = 0.2):
+        self.p = float(p)
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        if not _has_normals(sample):
+            raise ValueError("normal_drop needs points with normals ([N, 6+]: dataset.use_normals: true)")
+        if rng.random() >= self.p:
+            return sample
+        arr = sample["points"].copy()
+        arr[:, 3:6] = 0.0
+        return {**sample, "points": arr}
+
+
 @register_transform("chromatic_normalize")
 class ChromaticNormalize(Transform):
     """Standardise colours (0..1) per channel: ``(color - mean) / std``."""
@@ -376,4 +396,6 @@ def default_transforms(dataset: str, split: str) -> list[dict]:
                 normalize,
             ]
         return [{"name": "xyz_align", "up_axis": 2}, normalize]
+    if dataset == "shapenetpart":  # samples as Point-MAE's PartNormalDataset gives them; augment in the config
+        return []
     return [{"name": "scale_translate"}] if train else []

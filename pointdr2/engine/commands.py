@@ -209,6 +209,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        num_workers=int(cfg.train.num_workers), amp=str(cfg.train.amp), seed=int(cfg.train.seed),
                        progress=bool(cfg.run.progress), desc=f"eval {args.split}",
                        room_predictor=default_room_predictor(int(crop) if crop else None))
+    if metrics["task"] == "partseg":
+        return _print_partseg(metrics, checkpoint, args.split, vote, bool(args.json))
     names = list(getattr(dataset, "class_names", [])) or [str(i) for i in range(len(metrics["acc_per_class"]))]
     out = {"checkpoint": str(checkpoint), "split": args.split, "vote": vote, "task": metrics["task"],
            "oa": metrics["oa"], "macc": metrics["macc"], "count": metrics["count"]}
@@ -227,6 +229,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         label = "IoU" if "iou_per_class" in out else "acc"
         for name, value in per.items():
             print(f"  {name:<16} {label} {value:6.2f}" if not math.isnan(value) else f"  {name:<16} {label}    n/a")
+    return 0
+
+
+def _print_partseg(metrics: dict, checkpoint, split: str, vote: int, as_json: bool) -> int:
+    """``eval`` output of part segmentation: instance / class mIoU, point accuracy and IoU per category."""
+    out = {"checkpoint": str(checkpoint), "split": split, "vote": vote, "task": "partseg",
+           "ins_miou": metrics["ins_miou"], "cls_miou": metrics["cls_miou"], "oa": metrics["oa"],
+           "count": metrics["count"], "iou_per_category": metrics["iou_per_category"]}
+    if as_json:
+        print(json.dumps(_nan_to_none(out)))  # categories without a test shape become null
+        return 0
+    print(f"{split} ({out['count']} shapes, vote {vote}): ins_miou {out['ins_miou']:.2f}  cls_miou "
+          f"{out['cls_miou']:.2f}  oa {out['oa']:.2f}")
+    for name, value in out["iou_per_category"].items():
+        print(f"  {name:<16} IoU {value:6.2f}" if not math.isnan(value) else f"  {name:<16} IoU    n/a")
     return 0
 
 
@@ -258,6 +275,12 @@ def predict_sample(net, dataset, index: int, device: torch.device, max_points: i
         points = sample["points"]
         logits = net(points.unsqueeze(0).to(device))
         return points[:, :3].numpy(), logits.argmax(dim=1).cpu().numpy(), sample["label"].reshape(1).numpy()
+    if task == "partseg":  # the argmax over the shape's own category's parts, as the metrics take it
+        points, category = sample["points"], int(sample["category"])
+        logits = net(points.unsqueeze(0).to(device), torch.tensor([category], device=device))[0].cpu()
+        parts = torch.tensor(dataset.category_parts[category])
+        pred = parts[logits.index_select(0, parts).argmax(dim=0)]
+        return points[:, :3].numpy(), pred.numpy(), sample["label"].numpy()
     logits = net(sample["pos"].unsqueeze(0).to(device), sample["feats"].unsqueeze(0).to(device))
     return sample["pos"].numpy(), logits[0].argmax(dim=0).cpu().numpy(), sample["label"].numpy()
 

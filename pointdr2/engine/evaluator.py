@@ -1,4 +1,5 @@
-"""Evaluation: classification OA/mAcc (with test-time voting) and segmentation mIoU/mAcc/OA.
+"""Evaluation: classification OA/mAcc (with test-time voting), segmentation mIoU/mAcc/OA and part
+segmentation instance/class mIoU (with test-time voting).
 
 Every metric comes from one integer confusion matrix summed over processes, so a W-process
 evaluation equals a one-process evaluation exactly (:class:`~pointdr2.engine.distributed.ShardSampler`
@@ -17,19 +18,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pointdr2.engine import distributed as dist_utils
-from pointdr2.engine.metrics import ConfusionMatrix
+from pointdr2.engine.metrics import ConfusionMatrix, PartSegmentationMetrics
 from pointdr2.progress import bar as progress_bar
 
-__all__ = ["task_of", "forward_batch", "vote_params", "vote_logits", "evaluate", "amp_context", "is_room_dataset",
+__all__ = ["task_of", "forward_batch", "vote_params", "vote_logits", "partseg_vote_scales", "partseg_vote_probs",
+           "evaluate", "amp_context", "is_room_dataset",
            "default_room_predictor", "save_items", "load_items"]
 
 log = logging.getLogger(__name__)
 
 
 def task_of(sample: Mapping) -> str:
-    """"classification" for ``{"points", "label"}`` samples, "segmentation" for ``{"pos", "feats", "label"}``."""
+    """"classification" for ``{"points", "label"}`` samples, "segmentation" for ``{"pos", "feats", "label"}``,
+    "partseg" for ``{"points", "label" [N], "category"}`` (ShapeNetPart)."""
     if not isinstance(sample, Mapping):
         raise ValueError(f"dataset samples must be dicts, got {type(sample).__name__}")
+    if "points" in sample and "category" in sample:
+        return "partseg"
     if "points" in sample:
         return "classification"
     if "pos" in sample and "feats" in sample:
@@ -53,9 +58,11 @@ def amp_context(device: torch.device, amp: str):
 
 
 def forward_batch(net: nn.Module, batch: Mapping, task: str, device: torch.device) -> torch.Tensor:
-    """Logits ``[B, K]`` (classification) or ``[B, K, N]`` (segmentation) for a collated batch."""
+    """Logits ``[B, K]`` (classification) or ``[B, K, N]`` (segmentation, part segmentation) for a collated batch."""
     if task == "classification":
         return net(batch["points"].to(device, non_blocking=True))
+    if task == "partseg":
+        return net(batch["points"].to(device, non_blocking=True), batch["category"].to(device, non_blocking=True))
     return net(batch["pos"].to(device, non_blocking=True), batch["feats"].to(device, non_blocking=True))
 
 
@@ -87,6 +94,34 @@ def vote_logits(net: nn.Module, points: torch.Tensor, scale: torch.Tensor, shift
         aug[..., :3] = points[..., :3] * scale[v].to(points) + shift[v].to(points)
         logits = net(aug).float()
         total = logits if total is None else total + logits
+    return total / scale.shape[0]
+
+
+# Part-segmentation voting (RS-CNN / PAConv protocol): vote 0 on the shape as given, every other vote on a copy
+# scaled per axis by U(0.87, 1.15); the per-point softmax probabilities are averaged.
+PARTSEG_VOTE_SCALE = (0.87, 1.15)
+
+
+def partseg_vote_scales(indices, votes: int, seed: int = 0) -> torch.Tensor:
+    """Per-sample voting scales ``[votes, B, 1, 3]`` float64 (vote 0 is 1), seeded by ``(seed, index)``."""
+    scale = torch.ones(votes, len(indices), 1, 3, dtype=torch.float64)
+    lo, hi = PARTSEG_VOTE_SCALE
+    for j, idx in enumerate(indices):
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(idx))
+        scale[1:, j].uniform_(lo, hi, generator=g)
+    return scale
+
+
+@torch.no_grad()
+def partseg_vote_probs(net: nn.Module, points: torch.Tensor, category: torch.Tensor, scale: torch.Tensor
+                       ) -> torch.Tensor:
+    """Mean softmax over parts ``[B, K, N]`` of ``net(points * scale[v], category)`` (xyz scaled only)."""
+    total = None
+    for v in range(scale.shape[0]):
+        aug = points.clone()
+        aug[..., :3] = points[..., :3] * scale[v].to(points)
+        probs = net(aug, category).float().softmax(dim=1)
+        total = probs if total is None else total + probs
     return total / scale.shape[0]
 
 
@@ -196,10 +231,14 @@ def evaluate(net: nn.Module, dataset: Dataset, *, device: torch.device, batch_si
                     records["index"].append(i)
                     records["confusion"].append(one.matrix)
             bar.close()
+        elif task_of(dataset[0]) == "partseg":
+            task = "partseg"
+            part_metrics = _evaluate_partseg(net, dataset, device, batch_size, vote, num_workers, amp, seed, show,
+                                             desc, collate_fn, records if items else None)
         else:
             task = task_of(dataset[0])
             if vote > 1 and task != "classification":
-                raise ValueError("--vote applies to classification only")
+                raise ValueError("--vote applies to classification and part segmentation only")
             if vote < 1:
                 raise ValueError(f"--vote must be >= 1, got {vote}")
             mine = list(dist_utils.ShardSampler(len(dataset), rank, world))
@@ -228,6 +267,11 @@ def evaluate(net: nn.Module, dataset: Dataset, *, device: torch.device, batch_si
                             records["confusion"].append(one.matrix)
     finally:
         net.train(was_training)
+    if task == "partseg":
+        metrics = _partseg_summary(part_metrics, dataset)
+        if items:
+            metrics["items"] = _gather_items(records, task)
+        return metrics
     cm.matrix = dist_utils.all_reduce_sum(cm.matrix)
     metrics = cm.accuracy() if task == "classification" else cm.segmentation()
     if outputs > num_classes:
@@ -239,10 +283,56 @@ def evaluate(net: nn.Module, dataset: Dataset, *, device: torch.device, batch_si
     return metrics
 
 
+def _evaluate_partseg(net: nn.Module, dataset: Dataset, device: torch.device, batch_size: int, vote: int,
+                      num_workers: int, amp: str, seed: int, show: bool, desc: str, collate_fn: Callable | None,
+                      records: dict[str, list] | None) -> PartSegmentationMetrics:
+    """This rank's shard through ``net`` (voting over ``vote`` scaled copies), summed over processes."""
+    if vote < 1:
+        raise ValueError(f"--vote must be >= 1, got {vote}")
+    metrics = PartSegmentationMetrics(getattr(dataset, "category_parts", None))
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    mine = list(dist_utils.ShardSampler(len(dataset), rank, world))
+    chunks = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers, collate_fn=collate_fn,
+                        pin_memory=device.type == "cuda")
+    for indices, batch in progress_bar(zip(chunks, loader), total=len(chunks), desc=desc, enabled=show, leave=False):
+        with amp_context(device, amp):
+            if vote > 1:
+                scores = partseg_vote_probs(net, batch["points"].to(device), batch["category"].to(device),
+                                            partseg_vote_scales(indices, vote, seed))
+            else:
+                scores = forward_batch(net, batch, "partseg", device)
+        metrics.update(scores.float().cpu(), batch["label"], batch["category"], class_dim=1)
+        if records is not None:
+            # per shape: its own IoU, for paired statistics across runs
+            for j, idx in enumerate(indices):
+                one = PartSegmentationMetrics(metrics.category_parts)
+                one.update(scores[j:j + 1].float().cpu(), batch["label"][j:j + 1], batch["category"][j:j + 1],
+                           class_dim=1)
+                records["index"].append(idx)
+                records["label"].append(int(batch["category"][j]))
+                records["pred"].append(float(one.state[:, 0].sum()))
+    metrics.state = dist_utils.all_reduce_sum(metrics.state)
+    metrics.points = dist_utils.all_reduce_sum(metrics.points)
+    return metrics
+
+
+def _partseg_summary(metrics: PartSegmentationMetrics, dataset: Dataset) -> dict:
+    """``{"ins_miou", "cls_miou", "iou_per_category" {name: IoU}, "oa", "count", "task"}`` in percent."""
+    out = metrics.compute()
+    names = list(getattr(dataset, "category_names", [])) or [str(i) for i in range(len(out["iou_per_category"]))]
+    return {"ins_miou": out["instance_miou"], "cls_miou": out["class_miou"],
+            "iou_per_category": dict(zip(names, out["iou_per_category"])), "oa": out["oa"], "count": out["shapes"],
+            "task": "partseg"}
+
+
 def _gather_items(records: dict[str, list], task: str) -> dict[str, torch.Tensor]:
     """This rank's per-item records joined with every other rank's, sorted by dataset index."""
     mine = {"index": torch.as_tensor(records["index"], dtype=torch.int64)}
-    if task == "classification" and not records["confusion"]:
+    if task == "partseg":  # per shape: its category and its IoU (mean over the category's parts, 0..1)
+        mine["category"] = torch.as_tensor(records["label"], dtype=torch.int64)
+        mine["iou"] = torch.as_tensor(records["pred"], dtype=torch.float64)
+    elif task == "classification" and not records["confusion"]:
         mine["label"] = torch.cat(records["label"]).to(torch.int64) if records["label"] else torch.zeros(0, dtype=torch.int64)
         mine["pred"] = torch.cat(records["pred"]).to(torch.int64) if records["pred"] else torch.zeros(0, dtype=torch.int64)
     else:

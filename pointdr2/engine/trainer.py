@@ -83,6 +83,7 @@ __all__ = ["train", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "r
 log = logging.getLogger(__name__)
 
 FINETUNE_MODES = ("dr2net", "conventional", "checkpoint")
+METRIC_KEYS = ("oa", "macc", "miou", "ins_miou", "cls_miou")  # logged scalars, when a task reports them
 RUN_FILES = ("config.yaml", "last.pth", "best.pth", "train.log", "metrics.json")
 
 
@@ -127,7 +128,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def primary_metric(task: str) -> str:
-    return "oa" if task == "classification" else "miou"
+    """The model-selection metric: OA (classification), mIoU (segmentation), instance mIoU (part segmentation)."""
+    return {"classification": "oa", "partseg": "ins_miou"}.get(task, "miou")
 
 
 def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
@@ -262,7 +264,9 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, *, strict_fore
                                  f"{tuple(own[key].shape)} (different model size or num_classes?)")
         model.load_state_dict(state)
         return ckpt
-    if not any(k in ckpt for k in ("model", "base_model", "state_dict")) and not all(
+    from pointdr2.models.checkpoints import STATE_KEYS
+
+    if not any(k in ckpt for k in STATE_KEYS) and not all(
             isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise ValueError(f"{path} is not a model checkpoint (top-level keys: {', '.join(list(map(str, ckpt))[:6])})")
     from pointdr2.models.checkpoints import load_into
@@ -824,7 +828,7 @@ class _Trainer:
             metrics = self._evaluate(self.select_set, f"{self.select_split} {epoch + 1}")
             metrics.pop("confusion", None)
             self.last_metrics = metrics
-            for key in ("oa", "macc", "miou"):
+            for key in METRIC_KEYS:
                 if key in metrics:
                     logger.scalar(f"{self.select_split}/{key}", metrics[key], epoch + 1)
             value = float(metrics[self.metric_name])
@@ -833,9 +837,10 @@ class _Trainer:
                 self.best_metric, self.best_epoch = value, epoch + 1
             logger.record("epoch", epoch=epoch + 1, seconds=seconds, train=self.epoch_train,
                           **{self.select_split: {k: v for k, v in metrics.items() if k != "task"}})
-            log.info("epoch %d/%d: train loss %.4f acc %.2f | %s %s %.2f macc %.2f | best %.2f (epoch %d) | %.1f s",
+            second = "cls_miou" if self.task == "partseg" else "macc"
+            log.info("epoch %d/%d: train loss %.4f acc %.2f | %s %s %.2f %s %.2f | best %.2f (epoch %d) | %.1f s",
                      epoch + 1, t.epochs, self.epoch_train["loss"], self.epoch_train["acc"], self.select_split,
-                     self.metric_name, value, metrics["macc"], self.best_metric, self.best_epoch, seconds)
+                     self.metric_name, value, second, metrics[second], self.best_metric, self.best_epoch, seconds)
             if improved:
                 self._save("best.pth", epoch + 1)
         else:
@@ -867,8 +872,8 @@ class _Trainer:
             if self.schedule is not None:
                 self._set_coefficients(*saved)
             log.info("test with best.pth (epoch %d, selected on val): %s", self.best_epoch,
-                     " ".join(f"{k} {test[k]:.2f}" for k in ("oa", "macc", "miou") if k in test))
-            for key in ("oa", "macc", "miou"):
+                     " ".join(f"{k} {test[k]:.2f}" for k in METRIC_KEYS if k in test))
+            for key in METRIC_KEYS:
                 if key in test:
                     logger.scalar(f"test/{key}", test[key], self.best_epoch)
             result["test"] = _plain(test)

@@ -19,6 +19,7 @@ from torch import nn
 # imported plainly: a broken family is an ImportError here, not a model that silently went missing.
 from pointdr2.models import (
     point_transformer,  # noqa: F401 - registers pointbert / pointmae
+    point_transformer_partseg,  # noqa: F401 - registers pointmae-partseg / pointbert-partseg
     pointnext,  # noqa: F401 - registers pointnext
 )
 from pointdr2.models.checkpoints import LoadReport, load_into

@@ -9,7 +9,8 @@ protocol method, checks shapes and loads it non-strictly, returning a :class:`Lo
 Layouts recognised (first match wins):
 
 - ours: ``{"format": "pointdr2-checkpoint", "model": state_dict, "config": {...}, ...}``
-- official finetuned / pretrain: ``{"base_model": state_dict, ...}`` or ``{"model": state_dict, ...}``
+- official finetuned / pretrain: ``{"base_model": state_dict, ...}``, ``{"model": state_dict, ...}`` or
+  ``{"model_state_dict": state_dict, ...}`` (Point-MAE part segmentation)
 - ``{"state_dict": state_dict}`` and a plain state dict (every value a tensor).
 
 Loading policy. Files are unpickled with ``torch.load(weights_only=True)``, which builds only
@@ -43,14 +44,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "read_checkpoint", "extract_state_dict", "strip_prefix", "load_into", "OWN_FORMAT",
+__all__ = ["STATE_KEYS", "LoadReport", "read_checkpoint", "extract_state_dict", "strip_prefix", "load_into", "OWN_FORMAT",
            "TRUST_ENV", "HARMLESS_GLOBALS", "checkpoint_num_classes", "head_output_key"]
 
 log = logging.getLogger(__name__)
 
 OWN_FORMAT = "pointdr2-checkpoint"
 TRUST_ENV = "POINTDR2_TRUST_CHECKPOINTS"
-_STATE_KEYS = ("base_model", "model", "state_dict")
+# where official layouts keep the state dict (Point-MAE's part segmentation saves "model_state_dict")
+STATE_KEYS = _STATE_KEYS = ("base_model", "model", "model_state_dict", "state_dict")
 
 
 def _harmless_globals() -> list:

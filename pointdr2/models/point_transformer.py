@@ -28,7 +28,7 @@ from pointdr2.nn.heads import build_cls_head
 from pointdr2.nn.tokenizer import Group, PointPatchEncoder, check_points, recompute_tokens
 from pointdr2.nn.transformer import Block, TransformerEncoder
 
-__all__ = ["PointTransformer", "PointTransformerDr2", "VARIANTS", "build_point_transformer"]
+__all__ = ["PatchTokenizerMixin", "PointTransformer", "PointTransformerDr2", "VARIANTS", "build_point_transformer"]
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,36 @@ def _check_model_config(cfg: Mapping) -> dict[str, Any]:
     return s
 
 
-class PointTransformer(nn.Module):
+class PatchTokenizerMixin:
+    """``check_input`` and ``tokenize`` of every point-patch transformer (classifier and part segmenter).
+
+    Needs ``group_divider`` (:class:`Group`), ``encoder`` (:class:`PointPatchEncoder`), ``reduce_dim``
+    (Linear or None), ``in_channels`` and ``stem_chunk_groups``.
+    """
+
+    def check_input(self, points: torch.Tensor) -> None:
+        check_points(points, self.in_channels, self.group_divider.num_group, self.group_divider.group_size)
+
+    def tokenize(self, points: torch.Tensor, recompute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """points [B, N, C] -> (tokens [B, G, D], centres [B, G, 3]).
+
+        ``recompute=True`` keeps no per-point activation for backward (chunked recomputation, see
+        :func:`pointdr2.nn.tokenizer.recompute_tokens`); same values and gradients.
+        """
+        self.check_input(points)
+        center_idx, knn_idx = self.group_divider.indices(points)
+        if recompute and torch.is_grad_enabled():
+            tokens = recompute_tokens(self.encoder, points, center_idx, knn_idx, self.stem_chunk_groups)
+            center = Group.centers(points, center_idx)
+        else:
+            neighbourhood, center = Group.gather(points, center_idx, knn_idx)
+            tokens = self.encoder(neighbourhood)
+        if self.reduce_dim is not None:
+            tokens = self.reduce_dim(tokens)
+        return tokens, center
+
+
+class PointTransformer(PatchTokenizerMixin, nn.Module):
     """Point-BERT / Point-MAE finetuning classifier. ``forward(points [B, N, in_channels]) -> [B, K]``."""
 
     family = "point_transformer"
@@ -166,28 +195,7 @@ class PointTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.cls_pos, std=0.02)
 
-    # ---- pieces shared with the surrogate
-    def check_input(self, points: torch.Tensor) -> None:
-        check_points(points, self.in_channels, self.group_divider.num_group, self.group_divider.group_size)
-
-    def tokenize(self, points: torch.Tensor, recompute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """points [B, N, C] -> (tokens [B, G, D], centres [B, G, 3]).
-
-        ``recompute=True`` keeps no per-point activation for backward (chunked recomputation, see
-        :func:`pointdr2.nn.tokenizer.recompute_tokens`); same values and gradients.
-        """
-        self.check_input(points)
-        center_idx, knn_idx = self.group_divider.indices(points)
-        if recompute and torch.is_grad_enabled():
-            tokens = recompute_tokens(self.encoder, points, center_idx, knn_idx, self.stem_chunk_groups)
-            center = Group.centers(points, center_idx)
-        else:
-            neighbourhood, center = Group.gather(points, center_idx, knn_idx)
-            tokens = self.encoder(neighbourhood)
-        if self.reduce_dim is not None:
-            tokens = self.reduce_dim(tokens)
-        return tokens, center
-
+    # ---- pieces shared with the surrogate (check_input, tokenize: PatchTokenizerMixin)
     def embed(self, tokens: torch.Tensor, center: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (x [B, 1+G, D] with the cls token first, pos [B, 1+G, D] with cls pos first)."""
         b = tokens.shape[0]

@@ -1,13 +1,17 @@
-"""PointNeXt (Qian et al., NeurIPS 2022) for segmentation and classification, and its Dr²Net surrogate.
+"""PointNeXt (Qian et al., NeurIPS 2022) for segmentation, classification and part segmentation, and its
+Dr²Net surrogate.
 
-Module paths mirror openpoints' ``BaseSeg``/``BaseCls`` so official checkpoints load as they are:
+Module paths mirror openpoints' ``BaseSeg``/``BaseCls``/``BasePartSeg`` so official checkpoints load as
+they are:
 
     encoder.encoder.{stage}.{0: SetAbstraction, 1..: InvResMLP}   (PointNextEncoder)
-    decoder.decoder.{stage}.0.convs.{k}                           (PointNextDecoder, segmentation)
+    decoder.decoder.{stage}.0.convs.{k}                           (PointNextDecoder / PointNextPartDecoder)
+    decoder.global_conv{1,2}.0.0 | decoder.convc.0.0              (PointNextPartDecoder's category embedding)
     head.head.*          (SegHead, segmentation)   prediction.head.*   (ClsHead, classification)
 
-Forward signatures (see ../shared/API.md): ``PointNeXtSeg(pos[B,N,3], feats[B,C,N]) -> logits[B,K,N]``
-and ``PointNeXtCls(points[B,N,3(+C)]) -> logits[B,K]``.
+Forward signatures (see ../shared/API.md): ``PointNeXtSeg(pos[B,N,3], feats[B,C,N]) -> logits[B,K,N]``,
+``PointNeXtCls(points[B,N,3(+C)]) -> logits[B,K]`` and ``PointNeXtPartSeg(points[B,N,3(+C)], category[B])
+-> logits[B,K,N]`` (ShapeNetPart: K = 50 parts, 16 categories).
 
 Differences from openpoints that do not change results: the InvResMLP blocks of a stage query the
 same points with the same radius, so their ball-query indices are computed once per stage and
@@ -34,12 +38,14 @@ from torch.utils.checkpoint import checkpoint
 from pointdr2 import ops
 from pointdr2.models.registry import register_model
 from pointdr2.nn.chunked_grouping import chunk_points_for
+from pointdr2.nn.part_seg import category_one_hot
 from pointdr2.nn.pointnext_layers import (
     ClsHead,
     FeaturePropagation,
     InvResMLP,
     SegHead,
     SetAbstraction,
+    conv_block,
     isolated_running_stats,
 )
 
@@ -51,6 +57,8 @@ __all__ = [
     "PointNeXtDecoder",
     "PointNeXtSeg",
     "PointNeXtCls",
+    "PointNeXtPartDecoder",
+    "PointNeXtPartSeg",
     "PointNeXtDr2Net",
     "build_pointnext",
     "convert_official_state_dict",
@@ -62,8 +70,8 @@ __all__ = [
 # Keys of the ``model`` config section understood by the PointNeXt builders, with defaults.
 DEFAULT_CFG: dict[str, Any] = {
     "name": "pointnext",
-    "task": "seg",              # seg | cls
-    "num_classes": None,        # default 13 (seg) / 15 (cls)
+    "task": "seg",              # seg | cls | partseg
+    "num_classes": None,        # default 13 (seg) / 15 (cls) / 50 (partseg)
     "in_channels": 4,
     "width": 32,
     "blocks": [1, 2, 3, 2, 2],  # per stage, including its SetAbstraction
@@ -78,8 +86,11 @@ DEFAULT_CFG: dict[str, Any] = {
     "normalize_dp": True,
     "use_res": True,
     "decoder_layers": 2,
-    "head_mlps": None,          # hidden widths of the head (seg: [width]; cls: [512, 256])
+    "head_mlps": None,          # hidden widths of the head (seg: its input width; cls: [512, 256])
+    "head_globals": None,       # seg/partseg: pooled features appended per point ([max, avg]: openpoints' globals)
     "dropout": 0.5,
+    "cls_map": "curvenet",      # partseg: how the category enters the decoder (curvenet | pointnet2)
+    "num_categories": 16,       # partseg: shape categories (one-hot)
     "height_dim": None,         # cls: append points[..., height_dim] - min as a feature if missing
     "fps_skip_origin": False,   # FPS with pointnet2_ops' origin skip; openpoints' FPS has none
     # Centre points per chunk when a training surrogate (finetune.mode dr2net / checkpoint) computes and
@@ -102,6 +113,11 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("pointnext-s", "cls"): {"blocks": [1, 1, 1, 1, 1, 1], "strides": [1, 2, 2, 2, 2, 1], "width": 32,
                              "sa_layers": 2, "sa_use_res": True, "radius": 0.15, "radius_scaling": 1.5,
                              "head_mlps": [512, 256], "height_dim": 1},
+    # cfgs/shapenetpart/pointnext-s.yaml (pointnext-s_c64 / _c160: width 64 / 160); input xyz, normals, height
+    ("pointnext-s", "partseg"): {"blocks": [1, 1, 1, 1, 1], "strides": [1, 2, 2, 2, 2], "width": 32,
+                                 "in_channels": 7, "sa_layers": 3, "sa_use_res": True, "radius": 0.1,
+                                 "radius_scaling": 2.5, "nsample": 32, "head_globals": ["max", "avg"],
+                                 "cls_map": "curvenet", "height_dim": 1},
 }
 for (_name, _task), _preset in list(PRESETS.items()):
     if _task == "seg" and (_name, "cls") not in PRESETS:
@@ -258,7 +274,7 @@ class PointNeXtSeg(nn.Module):
         self.decoder = PointNeXtDecoder(self.encoder.channel_list, decoder_layers=cfg["decoder_layers"],
                                         in_channels=cfg["in_channels"])
         self.head = SegHead(self.decoder.out_channels, self.num_classes, mlps=cfg["head_mlps"],
-                            dropout=cfg["dropout"])
+                            dropout=cfg["dropout"], pooled=cfg["head_globals"] or ())
 
     def features_in(self, pos: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check_points(pos, "pos")
@@ -305,20 +321,7 @@ class PointNeXtCls(nn.Module):
                                   dropout=cfg["dropout"])
 
     def features_in(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if points.dim() != 3 or points.shape[-1] < 3:
-            raise ValueError(f"points must be [B, N, 3+C], got shape {tuple(points.shape)}")
-        c_in = self.encoder.in_channels
-        p = points[..., :3].contiguous()
-        if points.shape[-1] >= c_in:
-            f = points[..., :c_in]
-        elif points.shape[-1] == c_in - 1 and self.height_dim is not None:
-            h = points[..., self.height_dim:self.height_dim + 1]
-            f = torch.cat([points, h - h.min(dim=1, keepdim=True).values], dim=-1)
-        else:
-            raise ValueError(f"points has {points.shape[-1]} channels; model.in_channels is {c_in} "
-                             f"(set model.height_dim to append a height channel)")
-        _check_points(p, "points[..., :3]")
-        return p, f.transpose(1, 2).contiguous()
+        return _point_features(points, self.encoder.in_channels, self.height_dim)
 
     def pool(self, f: torch.Tensor) -> torch.Tensor:
         return f.squeeze(-1) if f.shape[-1] == 1 else f.max(dim=-1).values
@@ -330,6 +333,132 @@ class PointNeXtCls(nn.Module):
 
     convert_state_dict = PointNeXtSeg.convert_state_dict
     dr2net_surrogate = PointNeXtSeg.dr2net_surrogate
+
+
+class PointNeXtPartDecoder(nn.Module):
+    """openpoints' ``PointNextPartDecoder`` (decoder blocks 1: feature propagation only) with the shape
+    category embedded into the finest stage.
+
+    From the coarsest stage up, each stage interpolates to the next finer point set and concatenates its
+    skip features, ``decoder_layers`` x (Conv1d BN ReLU); the last one (onto the stem's points) also gets the
+    category embedding per point, before the skip features. ``cls_map``:
+
+    - ``curvenet`` (PointNeXt's ShapeNetPart configs): ``cat[max_N global_conv1(f_{-2}) (64), max_N
+      global_conv2(f_{-1}) (128), one-hot (num_categories)]``, ``global_conv*`` = Conv1d (bias) ReLU on the
+      encoder's two coarsest stages;
+    - ``pointnet2``: ``convc(one-hot)`` (Conv1d num_categories -> 64 with bias, ReLU).
+
+    ``forward(ps, fs, one_hot[B, num_categories, 1]) -> [B, C_1, N_1]`` with ``ps``/``fs`` from
+    ``PointNeXtEncoder`` (input first; at least 3 stages); ``N_1`` is the stem's point count (the input's).
+    """
+
+    CLS_MAPS = ("curvenet", "pointnet2")
+
+    def __init__(self, encoder_channels: Sequence[int], *, decoder_layers: int = 2, cls_map: str = "curvenet",
+                 num_categories: int = 16) -> None:
+        super().__init__()
+        enc = list(encoder_channels)
+        if len(enc) < 3:
+            raise ValueError(f"PointNeXtPartDecoder needs at least 3 encoder stages, got {len(enc)}")
+        if cls_map not in self.CLS_MAPS:
+            raise ValueError(f"model.cls_map must be one of {', '.join(self.CLS_MAPS)}, got {cls_map!r}")
+        self.cls_map = cls_map
+        self.num_categories = int(num_categories)
+        skips = enc[:-1]
+        fp_channels = enc[:-1]
+        if cls_map == "curvenet":
+            self.global_conv2 = nn.Sequential(conv_block(enc[-1], 128, dim=1, norm=False))
+            self.global_conv1 = nn.Sequential(conv_block(enc[-2], 64, dim=1, norm=False))
+            skips[0] += 64 + 128 + self.num_categories
+        else:
+            self.convc = nn.Sequential(conv_block(self.num_categories, 64, dim=1, norm=False))
+            skips[0] += 64
+        n = len(fp_channels)
+        stages: list[Optional[nn.Module]] = [None] * n
+        c_in = enc[-1]
+        for i in range(-1, -n - 1, -1):
+            stages[i] = nn.Sequential(FeaturePropagation([skips[i] + c_in] + [fp_channels[i]] * decoder_layers))
+            c_in = fp_channels[i]
+        self.decoder = nn.Sequential(*stages)
+        self.out_channels = fp_channels[0]
+
+    def category_embedding(self, fs: Sequence[torch.Tensor], one_hot: torch.Tensor) -> torch.Tensor:
+        """``[B, E, 1]``: what every point of the finest stage gets (``E`` = 208 for curvenet with 16
+        categories, 64 for pointnet2); read from the encoder's features."""
+        if self.cls_map == "pointnet2":
+            return self.convc(one_hot)
+        emb1 = self.global_conv1(fs[-2]).max(dim=-1, keepdim=True).values
+        emb2 = self.global_conv2(fs[-1]).max(dim=-1, keepdim=True).values
+        return torch.cat([emb1, emb2, one_hot], dim=1)
+
+    def forward(self, ps: Sequence[torch.Tensor], fs: Sequence[torch.Tensor], one_hot: torch.Tensor) -> torch.Tensor:
+        emb = self.category_embedding(fs, one_hot)
+        fs = list(fs)
+        n = len(self.decoder)
+        for i in range(-1, -n, -1):
+            fs[i - 1] = self.decoder[i][0](ps[i - 1], fs[i - 1], ps[i], fs[i])
+        f1 = torch.cat([emb.expand(-1, -1, fs[1].shape[-1]), fs[1]], dim=1)
+        return self.decoder[0][0](ps[1], f1, ps[2], fs[2])
+
+
+class PointNeXtPartSeg(nn.Module):
+    """PointNeXt part segmentation (openpoints ``BasePartSeg``: PointNextEncoder, PointNextPartDecoder,
+    SegHead): ``forward(points[B,N,3(+C)], category int64[B] or one-hot [B, num_categories]) -> logits[B,K,N]``.
+
+    Positions are ``points[..., :3]``; the input features are ``points[..., :in_channels]``, with the height
+    ``points[..., height_dim] - min`` appended when the points have one channel fewer (the official input,
+    7 channels, is xyz, normals, height: ShapeNetPart with ``dataset.use_normals: true`` gives 6).
+    """
+
+    task = "partseg"
+    head_prefix = "head."
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.num_classes = int(cfg["num_classes"])
+        self.num_categories = int(cfg["num_categories"])
+        self.height_dim = cfg["height_dim"]
+        self.encoder = _build_encoder(cfg)
+        self.decoder = PointNeXtPartDecoder(self.encoder.channel_list, decoder_layers=cfg["decoder_layers"],
+                                            cls_map=cfg["cls_map"], num_categories=self.num_categories)
+        self.head = SegHead(self.decoder.out_channels, self.num_classes, mlps=cfg["head_mlps"],
+                            dropout=cfg["dropout"], pooled=cfg["head_globals"] or ())
+
+    def features_in(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _point_features(points, self.encoder.in_channels, self.height_dim)
+
+    def segment(self, ps: Sequence[torch.Tensor], fs: Sequence[torch.Tensor], category: torch.Tensor) -> torch.Tensor:
+        """Decoder and head on the encoder's outputs -> logits ``[B, K, N]``."""
+        one_hot = category_one_hot(category, ps[0].shape[0], self.num_categories, fs[-1])
+        return self.head(self.decoder(ps, fs, one_hot))
+
+    def forward(self, points: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        p, f = self.features_in(points)
+        ps, fs = self.encoder(p, f)
+        return self.segment(ps, fs, category)
+
+    convert_state_dict = PointNeXtSeg.convert_state_dict
+    dr2net_surrogate = PointNeXtSeg.dr2net_surrogate
+
+
+def _point_features(points: torch.Tensor, c_in: int, height_dim: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``points[B,N,3+C]`` -> (positions ``[B,N,3]``, features ``[B,c_in,N]``): the first ``c_in`` channels,
+    or all of them plus the height along ``height_dim`` (minus its minimum per cloud) when one is missing."""
+    if points.dim() != 3 or points.shape[-1] < 3:
+        raise ValueError(f"points must be [B, N, 3+C], got shape {tuple(points.shape)}")
+    p = points[..., :3].contiguous()
+    if points.shape[-1] >= c_in:
+        f = points[..., :c_in]
+    elif points.shape[-1] == c_in - 1 and height_dim is not None:
+        h = points[..., height_dim:height_dim + 1]
+        f = torch.cat([points, h - h.min(dim=1, keepdim=True).values], dim=-1)
+    else:
+        raise ValueError(f"points has {points.shape[-1]} channels; model.in_channels is {c_in} (xyz, then the "
+                         f"dataset's extra channels such as normals with dataset.use_normals: true; "
+                         f"model.height_dim appends a height channel)")
+    _check_points(p, "points[..., :3]")
+    return p, f.transpose(1, 2).contiguous()
 
 
 def _check_points(p: torch.Tensor, name: str) -> None:
@@ -363,14 +492,14 @@ def resolve_config(cfg_model: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown key model.{key} for PointNeXt{hint}")
     name = cfg_model.get("name", "pointnext")
     task = cfg_model.get("task", "seg")
-    if task not in ("seg", "cls"):
-        raise ValueError(f"model.task must be 'seg' or 'cls', got {task!r}")
+    if task not in ("seg", "cls", "partseg"):
+        raise ValueError(f"model.task must be 'seg', 'cls' or 'partseg', got {task!r}")
     cfg = copy.deepcopy(DEFAULT_CFG)
     cfg.update(copy.deepcopy(PRESETS.get((name, task), {})))
     cfg.update({k: copy.deepcopy(v) for k, v in cfg_model.items()})
     if cfg["num_classes"] is None:
-        cfg["num_classes"] = 13 if task == "seg" else 15
-    for key in ("num_classes", "in_channels", "width", "expansion", "sa_layers", "decoder_layers"):
+        cfg["num_classes"] = {"seg": 13, "cls": 15, "partseg": 50}[task]
+    for key in ("num_classes", "in_channels", "width", "expansion", "sa_layers", "decoder_layers", "num_categories"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ValueError(f"model.{key} must be a positive integer, got {cfg[key]!r}")
     for key in ("blocks", "strides"):
@@ -384,6 +513,17 @@ def resolve_config(cfg_model: Mapping[str, Any]) -> dict[str, Any]:
                           or 1 in cfg["strides"][1:]):
         raise ValueError(f"model.strides for segmentation must be [1, s, ...] (2 to 5 stages, every later "
                          f"s > 1), got {cfg['strides']!r}")
+    if task == "partseg" and (len(cfg["strides"]) < 3 or cfg["strides"][0] != 1 or 1 in cfg["strides"][1:]):
+        raise ValueError(f"model.strides for part segmentation must be [1, s, s, ...] (at least 3 stages, every "
+                         f"later s > 1), got {cfg['strides']!r}")
+    if cfg["cls_map"] not in PointNeXtPartDecoder.CLS_MAPS:
+        raise ValueError(f"model.cls_map must be one of {', '.join(PointNeXtPartDecoder.CLS_MAPS)}, "
+                         f"got {cfg['cls_map']!r}")
+    pooled = cfg["head_globals"]
+    if pooled is not None and (task == "cls" or not isinstance(pooled, (list, tuple))
+                               or not all(g in SegHead.POOLINGS for g in pooled)):
+        raise ValueError(f"model.head_globals must be null or a list of {' / '.join(SegHead.POOLINGS)} "
+                         f"(segmentation heads only), got {pooled!r}")
     for key in ("radius_scaling", "nsample_scaling"):
         if not _is_number(cfg[key]) or cfg[key] <= 0:
             raise ValueError(f"model.{key} must be a positive number, got {cfg[key]!r}")
@@ -417,9 +557,9 @@ def resolve_config(cfg_model: Mapping[str, Any]) -> dict[str, Any]:
 
 @register_model("pointnext", "pointnext-s", "pointnext-b", "pointnext-l", "pointnext-xl")
 def build_pointnext(cfg_model: Mapping[str, Any]) -> nn.Module:
-    """Build a PointNeXt from a ``model`` config section (``task: seg`` or ``cls``)."""
+    """Build a PointNeXt from a ``model`` config section (``task: seg``, ``cls`` or ``partseg``)."""
     cfg = resolve_config(cfg_model)
-    model = PointNeXtSeg(cfg) if cfg["task"] == "seg" else PointNeXtCls(cfg)
+    model = {"seg": PointNeXtSeg, "cls": PointNeXtCls, "partseg": PointNeXtPartSeg}[cfg["task"]](cfg)
     logger.info("built %s (%s, %.2fM parameters)", cfg["name"], cfg["task"],
                 sum(p.numel() for p in model.parameters()) / 1e6)
     return model
@@ -532,13 +672,14 @@ class PointNeXtDr2Net(nn.Module):
         if unknown:
             raise ValueError(f"unknown Dr2Net option(s) {', '.join(unknown)} for PointNeXt; expected "
                              f"recompute_stem, residual, chunk_points, output, cache_every, tolerance")
-        if not isinstance(model, (PointNeXtSeg, PointNeXtCls)):
-            raise ValueError(f"PointNeXtDr2Net needs a PointNeXtSeg or PointNeXtCls, got {type(model).__name__}")
+        if not isinstance(model, (PointNeXtSeg, PointNeXtCls, PointNeXtPartSeg)):
+            raise ValueError(f"PointNeXtDr2Net needs a PointNeXtSeg, PointNeXtCls or PointNeXtPartSeg, "
+                             f"got {type(model).__name__}")
         self.task = model.task
         self.num_classes = model.num_classes
         self.source_type = type(model)
         self.encoder = model.encoder
-        if model.task == "seg":
+        if model.task in ("seg", "partseg"):
             self.decoder = model.decoder
             self.head = model.head
         else:
@@ -618,6 +759,13 @@ class PointNeXtDr2Net(nn.Module):
             p, f = self._source.features_in(*inputs)
             ps, fs = self._run_encoder(p, f)
             return self.head(self.decoder(ps, fs))
+        if self.task == "partseg":
+            if len(inputs) != 2:
+                raise ValueError(f"part-segmentation surrogate is called as model(points, category), "
+                                 f"got {len(inputs)} inputs")
+            p, f = self._source.features_in(inputs[0])
+            ps, fs = self._run_encoder(p, f)
+            return self._source.segment(ps, fs, inputs[1])
         if len(inputs) != 1:
             raise ValueError(f"classification surrogate is called as model(points), got {len(inputs)} inputs")
         p, f = self._source.features_in(inputs[0])

@@ -328,11 +328,23 @@ class FeaturePropagation(nn.Module):
 
 
 class SegHead(nn.Module):
-    """Per-point classifier ``Conv1d BN ReLU Dropout Conv1d``: ``[B,C,N] -> logits [B,K,N]``."""
+    """Per-point classifier ``Conv1d BN ReLU Dropout Conv1d``: ``[B,C,N] -> logits [B,K,N]``.
+
+    ``pooled``: global features appended to every point first (openpoints' ``SegHead(globals=
+    "max,avg")``), ``"max"`` and/or ``"avg"`` over the points, in the order given: the convs then
+    see ``C * (1 + len(pooled))`` channels, which is also the default hidden width.
+    """
+
+    POOLINGS = ("max", "avg")
 
     def __init__(self, in_channels: int, num_classes: int, *, mlps: Optional[Sequence[int]] = None,
-                 dropout: float = 0.5) -> None:
+                 dropout: float = 0.5, pooled: Sequence[str] = ()) -> None:
         super().__init__()
+        self.pooled = tuple(pooled)
+        bad = [g for g in self.pooled if g not in self.POOLINGS]
+        if bad:
+            raise ValueError(f"SegHead pooled features must be among {self.POOLINGS}, got {bad[0]!r}")
+        in_channels *= 1 + len(self.pooled)
         widths = [in_channels, *(mlps if mlps is not None else [in_channels]), num_classes]
         layers: list[nn.Module] = []
         for i in range(len(widths) - 2):
@@ -343,6 +355,10 @@ class SegHead(nn.Module):
         self.head = nn.Sequential(*layers)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
+        if self.pooled:
+            pooled = [f.max(dim=-1, keepdim=True).values if g == "max" else f.mean(dim=-1, keepdim=True)
+                      for g in self.pooled]
+            f = torch.cat([f, torch.cat(pooled, dim=1).expand(-1, -1, f.shape[-1])], dim=1)
         return self.head(f)
 
 

@@ -9,7 +9,7 @@ from pointdr2.data import DATASETS, build_dataset
 
 
 def test_registry_names():
-    assert set(DATASETS) == {"modelnet40", "scanobjectnn", "s3dis"}
+    assert set(DATASETS) == {"modelnet40", "scanobjectnn", "s3dis", "shapenetpart"}
 
 
 @pytest.mark.parametrize("cfg, split, message", [

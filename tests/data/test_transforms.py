@@ -120,6 +120,23 @@ def test_chromatic_transforms():
     np.testing.assert_allclose(out["color"], (color - [0.5, 0.4, 0.3]) / [0.1, 0.2, 0.4], rtol=1e-5)
 
 
+def test_normal_drop_zeroes_the_normals_of_a_shape_with_probability_p():
+    pts = np.random.default_rng(1).random((40, 7)).astype(np.float32)  # xyz, normals, height
+    s = {"points": pts, "label": np.zeros(40, np.int64), "category": 3}
+    out = build_transforms([{"name": "normal_drop", "p": 1.0}])(s, np.random.default_rng(0))
+    assert np.all(out["points"][:, 3:6] == 0)
+    np.testing.assert_array_equal(out["points"][:, :3], pts[:, :3])
+    np.testing.assert_array_equal(out["points"][:, 6], pts[:, 6])
+    assert np.all(pts[:, 3:6] > 0)  # the input is left alone
+    assert build_transforms([{"name": "normal_drop", "p": 0.0}])(s, np.random.default_rng(0))["points"] is pts
+    drop = build_transforms([{"name": "normal_drop", "p": 0.3}])
+    rng = np.random.default_rng(5)
+    dropped = [bool(np.all(drop(s, rng)["points"][:, 3:6] == 0)) for _ in range(2000)]
+    assert abs(np.mean(dropped) - 0.3) < 0.04
+    with pytest.raises(ValueError, match="normal_drop needs points with normals"):
+        drop({"points": pts[:, :3], "label": s["label"]}, rng)
+
+
 def test_jitter_is_clipped():
     s = _cls_sample(normals=False)
     out = build_transforms([{"name": "jitter", "sigma": 1.0, "clip": 0.05}])(s, np.random.default_rng(0))

@@ -65,3 +65,55 @@ def test_ignore_index_and_bad_labels():
         ConfusionMatrix(2).update(torch.tensor([0]), torch.tensor([2]))
     with pytest.raises(ValueError, match="square"):
         accuracy_metrics(torch.zeros(2, 3))
+
+
+# --------------------------------------------------------------------------- part segmentation
+PARTS = ((0, 1), (2, 3, 4))  # two categories: parts 0-1 and 2-4
+
+
+def test_part_metrics_match_a_hand_computed_example():
+    from pointdr2.engine.metrics import PartSegmentationMetrics
+
+    m = PartSegmentationMetrics(PARTS)
+    # A (cat 0): part 0 IoU 1/2, part 1 IoU 2/3 -> 7/12.  B (cat 0): part 0 IoU 1, part 1 absent from both -> 1.
+    m.update(torch.tensor([[0, 1, 1, 1], [0, 0, 0, 0]]), torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]]),
+             torch.tensor([0, 0]))
+    # C (cat 1): part 2 IoU 1/2, part 3 IoU 2/3, part 4 absent from both (IoU 1) -> 13/18
+    m.update(torch.tensor([[2, 3, 3, 3]]), torch.tensor([[2, 2, 3, 3]]), torch.tensor([1]))
+    out = m.compute()
+    a, b, c = 7 / 12, 1.0, 13 / 18
+    assert out["instance_miou"] == pytest.approx(100 * (a + b + c) / 3)
+    assert out["class_miou"] == pytest.approx(100 * ((a + b) / 2 + c) / 2)
+    assert out["iou_per_category"] == pytest.approx([100 * (a + b) / 2, 100 * c])
+    assert out["oa"] == pytest.approx(100 * 10 / 12) and out["shapes"] == 3  # 3 + 4 + 3 of 12 points
+
+
+def test_part_metrics_restrict_logits_to_the_shape_category_and_add_up():
+    from pointdr2.data.classes import SHAPENETPART_PARTS
+    from pointdr2.engine.metrics import PartSegmentationMetrics
+
+    # cat 0, truth [1, 1]; the global argmax is part 4 (another category), part 1 beats part 0 -> IoU 1
+    logits = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [5.0, 5.0]]])  # [1, 5, 2]
+    m = PartSegmentationMetrics(PARTS)
+    m.update(logits, torch.tensor([[1, 1]]), torch.tensor([0]), class_dim=1)
+    assert m.compute()["instance_miou"] == pytest.approx(100.0)
+    unrestricted = PartSegmentationMetrics(PARTS)
+    unrestricted.update(logits.argmax(dim=1), torch.tensor([[1, 1]]), torch.tensor([0]))
+    assert unrestricted.compute()["instance_miou"] == pytest.approx(50.0)  # part 1 IoU 0, part 0 absent: 1
+    # two processes' states sum to the state of one seeing everything
+    both = PartSegmentationMetrics(PARTS)
+    both.update(logits, torch.tensor([[1, 1]]), torch.tensor([0]), class_dim=1)
+    both.update(torch.tensor([[2, 3, 3, 3]]), torch.tensor([[2, 2, 3, 3]]), torch.tensor([1]))
+    one = PartSegmentationMetrics(PARTS)
+    one.update(torch.tensor([[2, 3, 3, 3]]), torch.tensor([[2, 2, 3, 3]]), torch.tensor([1]))
+    m.add_state(one.state, one.points)
+    got, want = m.compute(), both.compute()
+    assert got.pop("iou_per_category") == pytest.approx(want.pop("iou_per_category")) and got == pytest.approx(want)
+    # ShapeNetPart defaults: 16 categories, a category without shapes is nan and left out of class mIoU
+    snp = PartSegmentationMetrics()
+    assert len(snp.category_parts) == 16 and snp.num_parts == 50 and snp.category_parts == list(SHAPENETPART_PARTS)
+    snp.update(torch.tensor([[47, 48]]), torch.tensor([[47, 48]]), torch.tensor([15]))
+    out = snp.compute()
+    assert out["class_miou"] == pytest.approx(100.0) and math.isnan(out["iou_per_category"][0])
+    with pytest.raises(ValueError, match="target part 0 is not a part of category 15"):
+        snp.update(torch.tensor([[0]]), torch.tensor([[0]]), torch.tensor([15]))

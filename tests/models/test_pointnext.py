@@ -13,6 +13,7 @@ import torch
 from pointdr2.config import load_config
 from pointdr2.models.pointnext import (
     PointNeXtCls,
+    PointNeXtPartSeg,
     PointNeXtSeg,
     build_pointnext,
     convert_official_state_dict,
@@ -338,7 +339,9 @@ def test_wrong_input_shapes_raise_value_error():
 
 
 @pytest.mark.parametrize("path", ["configs/s3dis/pointnext-b.yaml", "configs/s3dis/pointnext-l.yaml",
-                                  "configs/s3dis/pointnext-xl.yaml", "configs/scanobjectnn/pointnext-s.yaml"])
+                                  "configs/s3dis/pointnext-xl.yaml", "configs/scanobjectnn/pointnext-s.yaml",
+                                  "configs/shapenetpart/pointnext-s.yaml", "configs/shapenetpart/pointnext-s_c64.yaml",
+                                  "configs/shapenetpart/pointnext-s_c160.yaml"])
 def test_shipped_configs_build(path):
     cfg = load_config(REPO / path)
     model = build_pointnext(cfg.model)
@@ -350,6 +353,12 @@ def test_shipped_configs_build(path):
         assert cfg.dataset.crop_points == 24000 and cfg.dataset.loop == 30
         assert cfg.model.strides == [1, 4, 4, 4, 4] and cfg.model.in_channels == 4
         assert cfg.train.lr == 0.01 and cfg.train.epochs == 100 and cfg.finetune.mode == "dr2net"
+    elif "shapenetpart" in path:  # openpoints' cfgs/shapenetpart/pointnext-s*.yaml
+        assert isinstance(model, PointNeXtPartSeg) and model.num_classes == 50 and model.num_categories == 16
+        assert cfg.model.width == {"pointnext-s": 32, "pointnext-s_c64": 64, "pointnext-s_c160": 160}[Path(path).stem]
+        assert cfg.model.in_channels == 7 and cfg.dataset.use_normals and cfg.dataset.num_points == 2048
+        assert cfg.model.sa_layers == 3 and cfg.model.radius_scaling == 2.5 and cfg.model.cls_map == "curvenet"
+        assert cfg.train.lr == 0.001 and cfg.train.weight_decay == 1.0e-4 and cfg.train.epochs == 300
     else:
         assert isinstance(model, PointNeXtCls) and model.num_classes == 15
 

@@ -110,3 +110,22 @@ def test_memory_table_names_the_published_depth_and_no_coefficients_for_plain_ro
     conv, dr2 = lines[2].split(), lines[3].split()
     assert conv[:4] == ["conventional", "1-3-5-3-3", "-", "-"]
     assert dr2[:4] == ["dr2net", "1-3-5-3-3", "0.50", "0.50"] and dr2[6] == "0.250"  # saved / conventional
+
+
+def test_partseg_memory_case_keeps_the_taps_not_the_depth():
+    """pointmae-partseg: dr2net's saved bytes are a small fraction of conventional's and do not grow with depth
+    (the head's taps are a fixed count); the logits are [B, 50, N] and the loss is per point."""
+    from pointdr2.bench import cases_transformer
+
+    module, inputs, loss_fn = cases_transformer.build_case("pointmae-partseg", "dr2net", 3, 2, 64, 0.0, 1.0,
+                                                           torch.device("cpu"))
+    assert type(module).__name__ == "PartSegDr2" and module.recompute_head and len(inputs) == 2
+    out = module(*inputs)
+    assert out.shape == (2, 50, 64) and loss_fn(out).ndim == 0
+    base = {"model": "pointmae-partseg", "batch": 2, "points": 64, "steps": 1, "device": "cpu", "threads": 1,
+            "alpha": 0.0, "beta": 1.0, "measure": ["saved"]}
+    saved = {(m, d): memory._worker({**base, "mode": m, "label": m, "depth": d})["saved_bytes"]
+             for m in ("conventional", "dr2net") for d in (3, 6)}
+    assert saved[("dr2net", 3)] < 0.1 * saved[("conventional", 3)]
+    assert saved[("dr2net", 6)] <= 1.1 * saved[("dr2net", 3)]
+    assert saved[("conventional", 6)] > saved[("conventional", 3)]  # conventional keeps every block

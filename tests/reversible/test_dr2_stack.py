@@ -533,3 +533,65 @@ def test_taps_keep_nothing_more_than_the_tapped_tensors():
     assert tapped == plain  # the taps are outputs (the head holds them), not saved activations
     with pytest.raises(ValueError, match="taps must be state indices in 0..12"):
         stack(x, pos, taps=(13,))
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.9, 0.1)])
+def test_taps_under_the_guard_early_in_the_schedule(alpha, beta):
+    """auto mode early in the schedule, taps unordered and repeated: float64 gradients equal autograd's to 1e-6
+    (the guard asked for 1e-8, so it keeps anchors: at beta = 0.1 an error grows 10x per step); in float32, where the guard keeps anchors (k < N; k = 1 at beta = 0), they equal float64 standard mode's
+    within the guard's tolerance."""
+    d, n = 8, 12
+    taps = (12, 6, 1, 6)
+    blocks = [b.double() for b in make_blocks(n, d)]
+    stack = Dr2Stack(blocks, alpha=alpha, beta=beta, output="sum", mode="auto", tolerance=1e-8).double()
+    x, pos = inputs(d)
+    ref = grads_of(lambda a, p: _tapped_loss(*_reference_with_taps(blocks, a, alpha, beta, p, "sum", taps)), stack,
+                   x, pos)
+    got = grads_of(lambda a, p: _tapped_loss(*stack(a, p, taps=taps)), stack, x, pos)
+    assert stack.last_cache_every < n
+    assert max_rel(got, ref) < 1e-6
+
+    stack32 = Dr2Stack(make_blocks(n, d), alpha=alpha, beta=beta, output="sum", mode="auto")
+    exact = copy.deepcopy(stack32).double()
+    exact.mode = "standard"
+    x32, pos32 = inputs(d, torch.float32)
+    ref64 = grads_of(lambda a, p: _tapped_loss(*exact(a, p, taps=taps)), exact, x32.detach().double().requires_grad_(),
+                     pos32.detach().double().requires_grad_())
+    for _ in range(3):  # the guard corrects its spacing from the measured error after each backward
+        got32 = grads_of(lambda a, p: _tapped_loss(*stack32(a, p, taps=taps)), stack32, x32, pos32)
+        assert stack32.last_cache_every < n
+        assert max_rel([g.double() for g in got32], ref64) < 10 * stack32.tolerance
+
+
+def test_a_tap_alone_carries_the_gradient_and_anchors_keep_nothing_more():
+    """Only a middle tap enters the loss (the output's gradient is zero): every mode's gradients equal
+    standard's; with anchors (cache_every=3) taps still add no saved bytes."""
+    d, n = 8, 6
+    blocks = [b.double() for b in make_blocks(n, d)]
+    stack = Dr2Stack(blocks, alpha=0.3, beta=0.7, output="last", cache_every=2).double()
+    x, pos = inputs(d)
+
+    def tap_grads():  # x, pos and the parameters of blocks 1..3 (those after the tap get no gradient)
+        x.grad = pos.grad = None
+        stack.zero_grad(set_to_none=True)
+        _, (t,) = stack(x, pos, taps=(3,))
+        (t * torch.cos(torch.arange(t.numel(), dtype=t.dtype)).reshape(t.shape)).sum().backward()
+        params = [p.grad for b in stack.blocks[:3] for p in b.parameters()]
+        later = [p.grad for b in stack.blocks[3:] for p in b.parameters()]
+        assert all(g is None or not g.any() for g in later)
+        return [x.grad.clone(), pos.grad.clone(), *[g.clone() for g in params]]
+
+    stack.mode = "standard"
+    ref = tap_grads()
+    for mode in ("checkpoint", "reversible", "auto"):
+        stack.mode = mode
+        assert max_rel(tap_grads(), ref) < 1e-6, mode
+
+    stack.mode, stack.cache_every = "reversible", 3
+    plain = saved_bytes(lambda: stack(x, pos), stack)
+
+    def with_taps():
+        out, taps = stack(x, pos, taps=(1, 3, 6))
+        return out.sum() + sum(t.sum() for t in taps)
+
+    assert saved_bytes(with_taps, stack) == plain > 0

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Train pointnext-s part segmentation on shapenetpart (configs/shapenetpart/pointnext-s.yaml; C=64 / C=160:
+# configs/shapenetpart/pointnext-s_c64.yaml / pointnext-s_c160.yaml, or model.width=64 / 160); options as scripts/train.sh.
+exec bash "$(dirname "$0")/train.sh" configs/shapenetpart/pointnext-s.yaml "$@"
