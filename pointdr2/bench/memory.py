@@ -77,6 +77,8 @@ CASE_MODULES = {
     "pointnext-b": "pointdr2.bench.cases_pointnext",
     "pointnext-l": "pointdr2.bench.cases_pointnext",
     "pointnext-xl": "pointdr2.bench.cases_pointnext",
+    # any pointdr2 config (``bench plan`` measures with it; its settings travel in the row's ``case_args``)
+    "config": "pointdr2.bench.cases_config",
 }
 MODES = ("conventional", "checkpoint", "dr2net", "dr2net-auto")
 MEASURES = ("saved", "peak", "time")
@@ -106,7 +108,7 @@ SCHEDULE_POINTS = {"start": (1.0, 0.1), "middle": (0.5, 0.55), "end": (0.0, 1.0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="stack", choices=sorted(CASE_MODULES), help="case to measure")
+    p.add_argument("--model", default="stack", choices=sorted(set(CASE_MODULES) - {"config"}), help="case to measure")
     p.add_argument("--modes", default="conventional,checkpoint,dr2net", help="comma list of " + "|".join(MODES))
     p.add_argument("--depths", default=None, help="comma list of depths (stack default 6,12,24; models: their own)")
     p.add_argument("--batch", type=int, default=32)
@@ -200,7 +202,8 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     case = importlib.import_module(CASE_MODULES[cfg["model"]])
     module, inputs, loss_fn = case.build_case(
-        cfg["model"], cfg["mode"], cfg["depth"], cfg["batch"], cfg["points"], cfg["alpha"], cfg["beta"], device
+        cfg["model"], cfg["mode"], cfg["depth"], cfg["batch"], cfg["points"], cfg["alpha"], cfg["beta"], device,
+        **(cfg.get("case_args") or {}),  # a case's own settings (the "config" case: config file and finetune keys)
     )
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6)
