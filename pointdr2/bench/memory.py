@@ -131,6 +131,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Raise ValueError for options ``run`` would refuse, without measuring (``scripts/gpu_check.sh --dry-run``)."""
+    _configs(args)
+
+
 def _csv(value: str, name: str, cast=str) -> list:
     try:
         items = [cast(v.strip()) for v in str(value).split(",") if v.strip()]

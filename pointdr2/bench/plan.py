@@ -53,6 +53,8 @@ QUICK_CASES = [
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="CI smoke run: tiny models, one row per mode")
+    p.add_argument("--short", action="store_true",
+                   help="only the largest batch size and point count of each case (scripts/gpu_check.sh)")
     p.add_argument("--cases", default=None, help="comma list of case names (default: all of the run)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (the plan and the measurement use it)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in every process (default 1)")
@@ -134,7 +136,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def run(args: argparse.Namespace) -> int:
+def check_arguments(args: argparse.Namespace) -> list[dict]:
+    """The cases ``run`` measures; ValueError for bad options (``scripts/gpu_check.sh --dry-run`` calls it)."""
     cases = QUICK_CASES if args.quick else CASES
     if args.cases:
         names = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -143,8 +146,17 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"--cases: unknown {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
         cases = [c for c in cases if c["name"] in names]
+    if args.short:
+        cases = [{**c, "batches": [max(c["batches"])], "points": [max(c["points"])]} for c in cases]
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.device not in ("cpu", "cuda", "auto") and not str(args.device).startswith("cuda:"):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {args.device!r}")
+    return cases
+
+
+def run(args: argparse.Namespace) -> int:
+    cases = check_arguments(args)
     rows = []
     for case in cases:
         rows += rows_for(case, args)
