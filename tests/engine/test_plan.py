@@ -253,3 +253,20 @@ def test_plan_command_json_and_bad_input(capsys):
         code = main(["plan", "scanobjectnn/pointmae.yaml", *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and key in err[0], err
+
+
+def test_trainer_real_plan_under_a_roomy_budget_trains_conventionally_and_resumes_with_it(tmp_path):
+    from pointdr2.engine.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    over = [*tiny_transformer_overrides(), "finetune.mode=auto", "train.memory_budget=1GiB"]
+    res = train(engine_config(run, *over, "train.epochs=1"), dataset_fn=blobs_fn())
+    assert res.global_step == 3
+    fit = load_checkpoint(run / "last.pth")["memory_fit"]
+    assert (fit["mode"], fit["micro_batch"], fit["accumulate"]) == ("conventional", 8, 1)
+    assert 4 * 2**20 < fit["total_bytes"] < 2**30
+    log = (run / "train.log").read_text()
+    assert "train.memory_budget 1.00 GiB: finetune.mode conventional, batch 8 = 8 x 1 accumulation" in log
+    # the resumed run keeps the start's choice without measuring again
+    train(engine_config(run, *over, "train.epochs=2"), resume=True, dataset_fn=blobs_fn())
+    assert "resuming with the choice of the run's start (finetune.mode conventional" in (run / "train.log").read_text()
