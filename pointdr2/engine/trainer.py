@@ -537,8 +537,10 @@ class _Trainer:
                 points = int((sample["points"] if self.task == "classification" else sample["pos"]).shape[0])
                 freed = self.device.type == "cpu" and return_freed_blocks()
                 try:
+                    mode = str(cfg.finetune.mode)
                     plan = measure_plan(cfg, device=self.device, model_fn=self.model_fn, points=points,
-                                        sample_fn=lambda n, i: self.train_set[i % len(self.train_set)])
+                                        sample_fn=lambda n, i: self.train_set[i % len(self.train_set)],
+                                        modes=FINETUNE_MODES if mode == "auto" else (mode,))
                 finally:
                     if freed:
                         cache_freed_blocks()
