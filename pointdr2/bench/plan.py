@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="CI smoke run: tiny models, one row per mode")
     p.add_argument("--short", action="store_true",
                    help="only the largest batch size and point count of each case (scripts/gpu_check.sh)")
+    p.add_argument("--batches", default=None, metavar="B,B,...", help="batch sizes measured (default: each case's)")
+    p.add_argument("--points", default=None, metavar="N,N,...", help="point counts measured (default: each case's)")
     p.add_argument("--cases", default=None, help="comma list of case names (default: all of the run)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (the plan and the measurement use it)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in every process (default 1)")
@@ -146,6 +148,11 @@ def check_arguments(args: argparse.Namespace) -> list[dict]:
         if unknown:
             raise ValueError(f"--cases: unknown {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
         cases = [c for c in cases if c["name"] in names]
+    from pointdr2.engine.commands import parse_int_list
+
+    batches = parse_int_list(args.batches, "--batches")
+    points = parse_int_list(args.points, "--points")
+    cases = [{**c, "batches": batches or c["batches"], "points": points or c["points"]} for c in cases]
     if args.short:
         cases = [{**c, "batches": [max(c["batches"])], "points": [max(c["points"])]} for c in cases]
     if args.threads is not None and args.threads < 1:
