@@ -523,7 +523,9 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
     RNG states are restored afterwards; the caller's model is not touched.
     """
     from pointdr2.engine.checkpoint import capture_rng, restore_rng
+    from pointdr2.engine.trainer import _coefficient_schedule, build_network
     from pointdr2.models import build_model
+    from pointdr2.reversible import iter_stacks
 
     device = torch.device(device)
     task = task_of_config(cfg)
@@ -557,22 +559,16 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
                 rows.append(_row_from(mode, None, None, None, None, None, m))
                 continue
             backprop = str(ft_cfg.get("backprop", "auto"))
-            from pointdr2.engine.trainer import _coefficient_schedule
-
             a0, b0 = _coefficient_schedule(ft_cfg)(float(ft_cfg["start_epoch"]))
-            if backprop == "exact":
+            torch.manual_seed(0)
+            depths = [len(s.blocks) for s in iter_stacks(build_network(model_fn(copy.deepcopy(cfg.model)),
+                                                                       {**ft_cfg, "mode": "dr2net"}, a0, b0))]
+            if backprop == "exact" or not depths:  # plain autograd, or a model without residual stacks
                 m = _measure_row(cfg, {**ft_cfg, "mode": "dr2net"}, a0, b0, model_fn=model_fn, sample_fn=sample_fn,
                                  task=task, probes=probes, device=device, name_peak=name_peak)
                 rows.append(_row_from("dr2net", None, a0, b0, None, backprop, m))
                 continue
-            # the stacks' depths decide the guard's spacings: one probe-free build to read them
-            from pointdr2.engine.trainer import build_network
-            from pointdr2.reversible import iter_stacks
-
-            torch.manual_seed(0)
-            depths = [len(s.blocks) for s in iter_stacks(build_network(model_fn(copy.deepcopy(cfg.model)),
-                                                                       {**ft_cfg, "mode": "dr2net"}, a0, b0))]
-            depth = max(depths, default=1)
+            depth = max(depths)  # the stacks' depths bound the guard's spacings
             if backprop == "auto":
                 worst, end = _schedule_worst(ft_cfg, depth, dtype)
             else:  # reversible: the configured spacing all along
