@@ -14,6 +14,10 @@ measures, per mode:
   OS, as ``bench memory`` measures; CUDA: ``torch.cuda.max_memory_allocated``). ``peak_at`` names the
   operation that set the peak.
 
+In the recomputing modes of models that group in chunks sized to the ops memory budget (PointNeXt's set
+abstractions and local aggregations), the transient stops growing once chunking starts: two extra probes with
+small budgets measure that ceiling (``transient_cap``) and the fitted transient is capped by it.
+
 ``saved`` and ``transient`` are fitted affine in the batch size ``b`` (every activation has a batch
 dimension); with ``probe_points`` the probes also run at a second point count and the per-sample part
 is fitted affine in the points ``n``: ``value(b, n) = fixed + b * (per_sample + per_point * n)``.
@@ -130,6 +134,7 @@ class ModeRow:
     peak_at: str | None = None
     probes: list[dict] = field(default_factory=list)
     backprop: str | None = None
+    transient_cap: float | None = None  # chunked layers: the transient stops growing here (see _transient_cap)
 
     @property
     def label(self) -> str:
@@ -149,7 +154,10 @@ class ModeRow:
         return max(0.0, value)
 
     def transient_bytes(self, batch: int, points: int) -> float:
-        return max(0.0, self.transient(batch, points))
+        value = self.transient(batch, points)
+        if self.transient_cap is not None:
+            value = min(value, self.transient_cap)
+        return max(0.0, value)
 
     def total_bytes(self, batch: int, points: int, cache_every: int | None = None) -> float:
         return self.static + self.saved_bytes(batch, points, cache_every) + self.transient_bytes(batch, points)
@@ -175,7 +183,7 @@ class ModeRow:
 
     def to_dict(self, batch_sizes: Sequence[int], points: int, budget: float | None = None) -> dict:
         out = {"mode": self.mode, "point": self.point, "label": self.label, "alpha": self.alpha, "beta": self.beta,
-               "cache_every": self.cache_every, "backprop": self.backprop,
+               "cache_every": self.cache_every, "backprop": self.backprop, "transient_cap_bytes": self.transient_cap,
                "static_bytes": int(self.static), "peak_at": self.peak_at,
                "fit": {"saved": asdict(self.saved), "transient": asdict(self.transient)},
                "stacks": [{"depth": d, "state_bytes_per_sample": s(1, points) - s(0, points)} for d, s in self.stacks],
@@ -422,7 +430,8 @@ def _static_bytes(params: list[nn.Parameter], optimizer: torch.optim.Optimizer) 
 
 
 def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable, sample_fn: Callable,
-                 task: str, probes: Sequence[tuple[int, int]], device: torch.device, name_peak: bool = False) -> dict:
+                 task: str, probes: Sequence[tuple[int, int]], device: torch.device, name_peak: bool = False,
+                 cap_probe: bool = False) -> dict:
     """Probe one network: static bytes, and saved/transient bytes/peak op/stack states per probe."""
     from pointdr2.engine.evaluator import amp_context, forward_batch
     from pointdr2.engine.optim import build_optimizer
@@ -439,60 +448,96 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
     smoothing = float(cfg.train.get("label_smoothing", 0.0))
     states = _StackStates(net)
     out: dict[str, Any] = {"probes": [], "depths": [len(s.blocks) for s in states.stacks]}
+    def probe(b: int, n: int) -> dict:
+        batch = torch.utils.data.default_collate([sample_fn(n, i) for i in range(b)])
+        target = batch["label"].to(device)
+
+        def forward(batch=batch, target=target):
+            with amp_context(device, amp):
+                logits = forward_batch(net, batch, task, device)
+                return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+
+        optimizer.zero_grad(set_to_none=False)
+        forward().backward()  # warm-up: gradients and optimizer state exist, as in the steps that follow
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+        gc.collect()
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        else:
+            base = (proc_status_kb("VmRSS") or 0) * 1024
+        # naming the operation at the peak resets the high-water mark at every module boundary (a page-table
+        # walk per reset on CPU: seconds for a large model); the peak alone needs one reset
+        tracker = PeakByOperation(net, device) if name_peak or device.type == "cuda" else None
+        rss = PeakRSS() if tracker is None or not tracker.ok else contextlib.nullcontext()
+        with rss:
+            meter = SavedTensorMeter(net)
+            with meter:
+                loss = forward()
+            if tracker is not None:
+                tracker.mark("loss backward")
+            loss.backward()
+            if tracker is not None:
+                tracker.mark("optimizer step")
+            optimizer.step()
+            _sync(device)
+            if tracker is not None:
+                tracker.close()
+        del loss
+        if tracker is not None and tracker.ok:
+            peak, peak_at = tracker.peak - base, tracker.peak_at
+        else:
+            peak, peak_at = rss.peak_kb * 1024 - base, None
+        return {"batch": b, "points": n, "saved_bytes": int(meter.bytes),
+                "peak_bytes": int(max(0, peak)), "transient_bytes": int(max(0, peak - meter.bytes)),
+                "peak_at": peak_at, "state_bytes": list(states.bytes),
+                "cache_every": [s.last_cache_every for s in states.stacks]}
+
     try:
         for b, n in probes:
-            batch = torch.utils.data.default_collate([sample_fn(n, i) for i in range(b)])
-            target = batch["label"].to(device)
-
-            def forward(batch=batch, target=target):
-                with amp_context(device, amp):
-                    logits = forward_batch(net, batch, task, device)
-                    return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
-
-            optimizer.zero_grad(set_to_none=False)
-            forward().backward()  # warm-up: gradients and optimizer state exist, as in the steps that follow
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=False)
-            gc.collect()
-            _sync(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-            else:
-                base = (proc_status_kb("VmRSS") or 0) * 1024
-            # naming the operation at the peak resets the high-water mark at every module boundary (a page-table
-            # walk per reset on CPU: seconds for a large model); the peak alone needs one reset
-            tracker = PeakByOperation(net, device) if name_peak or device.type == "cuda" else None
-            rss = PeakRSS() if tracker is None or not tracker.ok else contextlib.nullcontext()
-            with rss:
-                meter = SavedTensorMeter(net)
-                with meter:
-                    loss = forward()
-                if tracker is not None:
-                    tracker.mark("loss backward")
-                loss.backward()
-                if tracker is not None:
-                    tracker.mark("optimizer step")
-                optimizer.step()
-                _sync(device)
-                if tracker is not None:
-                    tracker.close()
-            del loss
-            if tracker is not None and tracker.ok:
-                peak, peak_at = tracker.peak - base, tracker.peak_at
-            else:
-                peak, peak_at = rss.peak_kb * 1024 - base, None
-            out["probes"].append({"batch": b, "points": n, "saved_bytes": int(meter.bytes),
-                                  "peak_bytes": int(max(0, peak)), "transient_bytes": int(max(0, peak - meter.bytes)),
-                                  "peak_at": peak_at, "state_bytes": list(states.bytes),
-                                  "cache_every": [s.last_cache_every for s in states.stacks]})
+            out["probes"].append(probe(b, n))
         out["static"] = _static_bytes(params, optimizer)
+        if cap_probe:
+            out["cap"] = _transient_cap(probe, max(probes))
     finally:
         states.close()
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return out
+
+
+CAP_PROBE_BUDGETS = (16 * 2**20, 32 * 2**20)
+
+
+def _transient_cap(probe: Callable, size: tuple[int, int]) -> dict | None:
+    """The transient's ceiling set by chunking (recomputing modes of models that group in chunks).
+
+    Such layers compute their grouped tensors in chunks sized to the ops memory budget
+    (:func:`pointdr2.ops.get_memory_budget`), so past the size where chunking starts the transient stops
+    growing: ``T = T0 + lambda * budget``. Two extra probes at ``size`` with small budgets (16 and 32 MiB,
+    where the largest grouped tensors of a probe are chunked) measure ``lambda``; the ceiling at the real
+    budget is ``T(16 MiB) + lambda * (budget - 16 MiB)``. None when the budget does not move the transient
+    (``lambda < 0.5``: nothing is chunked, e.g. a conventional network or a transformer).
+    """
+    from pointdr2 import ops
+
+    old = ops._budget
+    try:
+        measured = []
+        for budget in CAP_PROBE_BUDGETS:
+            ops.set_memory_budget(budget)
+            measured.append(probe(*size)["transient_bytes"])
+    finally:
+        ops.set_memory_budget(old)
+    lam = (measured[1] - measured[0]) / (CAP_PROBE_BUDGETS[1] - CAP_PROBE_BUDGETS[0])
+    if lam < 0.5:
+        return None
+    budget = ops.get_memory_budget()
+    return {"lambda": lam, "budget": budget, "probe_budgets": list(CAP_PROBE_BUDGETS), "transients": measured,
+            "bytes": measured[0] + lam * (budget - CAP_PROBE_BUDGETS[0])}
 
 
 def _row_from(mode: str, point: str | None, alpha, beta, k, backprop, measured: dict) -> ModeRow:
@@ -504,8 +549,9 @@ def _row_from(mode: str, point: str | None, alpha, beta, k, backprop, measured: 
         stacks.append((depth, Affine.fit([(p["batch"], p["points"], p["batch"] * p["state_bytes"][i])
                                           for p in probes])))
     peak_at = max(probes, key=lambda p: p["transient_bytes"])["peak_at"]
+    cap = measured.get("cap")
     return ModeRow(mode, point, alpha, beta, k, int(measured["static"]), saved, transient, stacks, peak_at,
-                   probes, backprop)
+                   probes, backprop, None if cap is None else float(cap["bytes"]))
 
 
 def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable | None = None,
@@ -555,7 +601,8 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
         for mode in modes:
             if mode in ("conventional", "checkpoint"):
                 m = _measure_row(cfg, {**ft_cfg, "mode": mode}, 1.0, 0.0, model_fn=model_fn, sample_fn=sample_fn,
-                                 task=task, probes=probes, device=device, name_peak=name_peak)
+                                 task=task, probes=probes, device=device, name_peak=name_peak,
+                                 cap_probe=mode == "checkpoint")
                 rows.append(_row_from(mode, None, None, None, None, None, m))
                 continue
             backprop = str(ft_cfg.get("backprop", "auto"))
@@ -565,7 +612,8 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
                                                                        {**ft_cfg, "mode": "dr2net"}, a0, b0))]
             if backprop == "exact" or not depths:  # plain autograd, or a model without residual stacks
                 m = _measure_row(cfg, {**ft_cfg, "mode": "dr2net"}, a0, b0, model_fn=model_fn, sample_fn=sample_fn,
-                                 task=task, probes=probes, device=device, name_peak=name_peak)
+                                 task=task, probes=probes, device=device, name_peak=name_peak,
+                                 cap_probe=backprop != "exact")
                 rows.append(_row_from("dr2net", None, a0, b0, None, backprop, m))
                 continue
             depth = max(depths)  # the stacks' depths bound the guard's spacings
@@ -584,7 +632,7 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
                         ft.update(backprop="auto", cache_every=None)
                     measured[key] = _measure_row(cfg, ft, where["alpha"], where["beta"], model_fn=model_fn,
                                                  sample_fn=sample_fn, task=task, probes=probes, device=device,
-                                                 name_peak=name_peak)
+                                                 name_peak=name_peak, cap_probe=True)
                 rows.append(_row_from("dr2net", point, where["alpha"], where["beta"], key, backprop, measured[key]))
     finally:
         restore_rng(rng)
