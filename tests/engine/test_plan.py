@@ -270,3 +270,22 @@ def test_trainer_real_plan_under_a_roomy_budget_trains_conventionally_and_resume
     # the resumed run keeps the start's choice without measuring again
     train(engine_config(run, *over, "train.epochs=2"), resume=True, dataset_fn=blobs_fn())
     assert "resuming with the choice of the run's start (finetune.mode conventional" in (run / "train.log").read_text()
+
+
+def test_transient_ceiling_of_chunked_layers_from_two_small_budgets():
+    from pointdr2 import ops
+    from pointdr2.engine.plan import _transient_cap
+
+    seen = []
+
+    def chunked(b, n):  # a chunked layer: the transient follows the chunk budget
+        seen.append(ops.get_memory_budget())
+        return {"transient_bytes": 3e6 + 1.5 * ops.get_memory_budget()}
+
+    cap = _transient_cap(chunked, (2, 4000))
+    assert seen == [16 * 2**20, 32 * 2**20] and ops.get_memory_budget() == 256 * 2**20  # restored
+    assert cap["lambda"] == pytest.approx(1.5) and cap["bytes"] == pytest.approx(3e6 + 1.5 * 256 * 2**20)
+    assert _transient_cap(lambda b, n: {"transient_bytes": 5e6 + 0.01 * ops.get_memory_budget()}, (2, 64)) is None
+    row = ModeRow("checkpoint", None, None, None, None, 0, Affine(0.0, 10.0, 0.0, 100), Affine(1e6, 1e6, 0.0, 100),
+                  transient_cap=5e6)
+    assert row.transient_bytes(2, 100) == 3e6 and row.transient_bytes(8, 100) == 5e6  # linear, then the ceiling
