@@ -186,6 +186,32 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = _intermixed(sub, "plan", help="measure the memory of each finetuning mode and fit batch size and mode to a budget")
+    p.add_argument("config", metavar="CONFIG", help="config file (path, or relative to configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.depth=6")
+    p.add_argument("--memory", metavar="SIZE", help="budget per process, e.g. 12GB, 11.5GiB, 512MiB: the largest "
+                   "batch per mode that fits and the mode to choose")
+    p.add_argument("--batch-sizes", metavar="B,B,...", help="batch sizes per process to predict (default: a quarter, "
+                   "half and all of train.batch_size)")
+    p.add_argument("--points", type=int, metavar="N", help="points per sample (default: what the config feeds the model)")
+    p.add_argument("--probe-points", type=int, metavar="N", help="measure at N and N/2 points and extrapolate to "
+                   "--points (large crops in less time)")
+    p.add_argument("--probe-batches", default=None, metavar="B1,B2",
+                   help="the two batch sizes measured (default 2,4; segmentation 1,2)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads while measuring")
+    p.add_argument("--peak-at", action="store_true", help="name the operation that sets each peak (slower on CPU)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
+
+    def run(args: argparse.Namespace) -> int:
+        from pointdr2.engine.commands import cmd_plan
+
+        return cmd_plan(args)
+
+    p.set_defaults(func=run)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the embedded default: synthetic data, pretrain, Dr2Net vs conventional finetuning")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
@@ -310,7 +336,7 @@ def _run_prepare_synthetic(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- main
-COMMANDS = [_add_info, _add_bench, _add_train, _add_eval, _add_visualize, _add_demo, _add_prepare]
+COMMANDS = [_add_info, _add_bench, _add_train, _add_eval, _add_visualize, _add_plan, _add_demo, _add_prepare]
 
 
 _ARGV: list[str] = []

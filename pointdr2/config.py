@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "DEFAULTS", "load_config", "dump_config", "find_config"]
+__all__ = ["Config", "ConfigError", "DEFAULTS", "load_config", "dump_config", "find_config", "parse_size"]
 
 
 class ConfigError(ValueError):
@@ -40,7 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "dataset": {},
     "model": {},
     "finetune": {
-        # dr2net | conventional | checkpoint
+        # dr2net | conventional | checkpoint | auto (with train.memory_budget: the cheapest mode that fits,
+        # preferring conventional, then dr2net, then checkpoint)
         "mode": "dr2net",
         # Coefficient schedules: start and end values of alpha and beta (CoefficientSchedule).
         # The recipe of configs/study: alpha + beta = 1 all along (the study's ablation compares it with the
@@ -72,7 +73,12 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "epochs": 300,
+        # the global batch; "auto" (with train.memory_budget): the largest that fits the budget
         "batch_size": 32,
+        # memory per process for training, e.g. "12GB" (10^9 bytes), "11.5GiB" (2^30), "512MiB", or bytes; null:
+        # no budget. The trainer measures what each mode needs (pointdr2.engine.plan) and fits the micro-batch
+        # (gradient accumulation keeps train.batch_size), the mode (finetune.mode: auto) and the guard's spacing.
+        "memory_budget": None,
         "lr": 5.0e-4,
         "min_lr": 1.0e-6,
         "weight_decay": 0.05,
@@ -324,9 +330,14 @@ def _check_types(tree: Mapping, defaults: Mapping, prefix: str = "") -> None:
     """
     for key, default in defaults.items():
         full = f"{prefix}{key}"
+        if full == "train.memory_budget" and tree.get(key) is not None:
+            parse_size(tree[key], full)  # raises ConfigError naming the key
+            continue
         if full in OPEN_SECTIONS or key not in tree or default is None:
             continue
         value = tree[key]
+        if full == "train.batch_size" and value == "auto":
+            continue  # the trainer fits it to train.memory_budget (and says so when there is none)
         if isinstance(default, Mapping):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{full}: expected a section (a mapping of keys), got {value!r}")
@@ -349,6 +360,34 @@ def _check_types(tree: Mapping, defaults: Mapping, prefix: str = "") -> None:
             raise ConfigError(f"{full}: expected {kind}, got {value!r} ({type(value).__name__})")
         if full in POSITIVE and not value > 0:
             raise ConfigError(f"{full}: expected a positive number, got {value!r}")
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+               "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
+
+
+def parse_size(value: Any, what: str = "size") -> int:
+    """Bytes of a memory size: an int (bytes) or text ``"12GB"`` (10^9), ``"11.5GiB"`` (2^30), ``"512MiB"``,
+    ``"800MB"``, ``"16G"`` (a bare K/M/G/T is binary, as ``nvidia-smi`` and ``free -h`` print sizes).
+
+    ``what`` names the key or option in the one-line ``ConfigError`` for anything else (``"12XB"``, ``-1``).
+    """
+    import re
+
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a memory size like 12GB, 11.5GiB or 512MiB, got {value!r}")
+    if _is_number(value):
+        number, unit = float(value), ""
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+        if not m or m.group(2).lower() not in _SIZE_UNITS:
+            raise ConfigError(f"{what}: expected a memory size like 12GB, 11.5GiB or 512MiB (units B, KB, MB, GB, TB "
+                              f"= powers of 1000; KiB, MiB, GiB, TiB or K, M, G, T = powers of 1024), got {value!r}")
+        number, unit = float(m.group(1)), m.group(2).lower()
+    size = int(number * _SIZE_UNITS[unit])
+    if not size > 0:
+        raise ConfigError(f"{what}: expected a positive memory size, got {value!r}")
+    return size
 
 
 def dump_config(cfg: Mapping, path: str | os.PathLike | None = None) -> str:

@@ -226,8 +226,8 @@ def test_one_run_per_directory_and_stale_temp_files_go(setup, tmp_path, capsys):
     (copy / ".last.pth.k1ll3d.tmp").write_bytes(b"half a checkpoint")
     assert main(["train", "--resume", str(copy)]) == 0
     assert not list(copy.glob(".*.tmp")) and (copy / LOCK_NAME).is_file()
-    # a run that failed in set-up releases the lock and leaves no "used" directory behind
+    # a run whose data (or memory budget) fails in set-up fails before claiming the directory: nothing is written
     fresh = tmp_path / "fresh"
     _fails(["train", str(cfg), f"run.dir={fresh}", f"dataset.root={tmp_path / 'nowhere'}"], capsys, "nowhere")
-    assert [p.name for p in fresh.iterdir()] == [LOCK_NAME]
+    assert not fresh.exists()
     assert main(["train", str(cfg), f"run.dir={fresh}", "train.epochs=1"]) == 0  # no --force needed

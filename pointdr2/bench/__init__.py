@@ -10,6 +10,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "memory": ("pointdr2.bench.memory", "activation bytes, peak memory and step time per finetuning mode"),
     # API.md lists "speed": step time is measured by the memory harness, in the same run as the bytes.
     "speed": ("pointdr2.bench.memory", "step time per finetuning mode (the memory harness: time, bytes, peak)"),
+    "plan": ("pointdr2.bench.plan", "pointdr2 plan's predicted activation bytes and peak against measured ones"),
     "data": ("pointdr2.data.bench", "dataset loader samples/s with DataLoader workers; synthetic prepare times"),
     "study": ("pointdr2.bench.study", "the evidence study: accuracy, memory and time of dr2net vs conventional"),
 }

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointdr2.bench.memory import model_for_mode
+from pointdr2.data.synthetic import indoor_crop as synthetic_crop
 from pointdr2.models import build_model
 
 MODELS = ("pointnext-b", "pointnext-l", "pointnext-xl", "pointnext-s-partseg")
@@ -45,24 +46,6 @@ def synthetic_shapes(batch: int, points: int, generator: torch.Generator) -> tor
     normals = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     height = xyz[..., 1:2] - xyz[..., 1:2].amin(dim=1, keepdim=True)
     return torch.cat([xyz, normals, height], -1).contiguous()
-
-
-def synthetic_crop(batch: int, points: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``pos[B,N,3]`` and ``feats[B,4,N]`` (rgb in [0,1] + height) of an indoor-like crop.
-
-    The density matches a 0.04 m voxelised S3DIS crop: 24,000 points over a box of about
-    3 x 3 x 3 m, half on floor/wall planes (dense surfaces, as in rooms) and half in the volume.
-    """
-    side = 3.0 * (points / 24000) ** (1 / 3)
-    pos = torch.rand(batch, points, 3, generator=generator) * side
-    on_plane = torch.rand(batch, points, generator=generator) < 0.5
-    axis = torch.randint(0, 3, (batch, points), generator=generator)
-    flat = pos.clone()
-    flat.scatter_(2, axis.unsqueeze(-1), 0.0)  # project onto the x=0 / y=0 / z=0 planes
-    pos = torch.where(on_plane.unsqueeze(-1), flat, pos)
-    rgb = torch.rand(batch, 3, points, generator=generator)
-    height = pos[..., 2].unsqueeze(1)
-    return pos.contiguous(), torch.cat([rgb, height], 1).contiguous()
 
 
 def build_case(model: str, mode: str, depth: int | None, batch: int, points: int, alpha: float, beta: float,

@@ -49,8 +49,6 @@ that glibc returns every freed block of 64 KiB or more to the OS and RSS follows
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import gc
 import importlib
 import json
@@ -59,11 +57,14 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from pointdr2.engine.memory import PeakByOperation as _PeakByOperation
+from pointdr2.engine.memory import PeakRSS as _PeakRSS
+from pointdr2.engine.memory import cache_freed_blocks as _cache_freed_blocks
+from pointdr2.engine.memory import proc_status_kb as _proc_status_kb
 from pointdr2.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ CASE_MODULES = {
     "pointnext-l": "pointdr2.bench.cases_pointnext",
     "pointnext-xl": "pointdr2.bench.cases_pointnext",
     "pointnext-s-partseg": "pointdr2.bench.cases_pointnext",
+    # any pointdr2 config (``bench plan`` measures with it; its settings travel in the row's ``case_args``)
+    "config": "pointdr2.bench.cases_config",
 }
 MODES = ("conventional", "checkpoint", "dr2net", "dr2net-auto")
 MEASURES = ("saved", "peak", "time")
@@ -108,7 +111,7 @@ SCHEDULE_POINTS = {"start": (1.0, 0.1), "middle": (0.5, 0.55), "end": (0.0, 1.0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="stack", choices=sorted(CASE_MODULES), help="case to measure")
+    p.add_argument("--model", default="stack", choices=sorted(set(CASE_MODULES) - {"config"}), help="case to measure")
     p.add_argument("--modes", default="conventional,checkpoint,dr2net", help="comma list of " + "|".join(MODES))
     p.add_argument("--depths", default=None, help="comma list of depths (stack default 6,12,24; models: their own)")
     p.add_argument("--batch", type=int, default=32)
@@ -129,6 +132,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="CI smoke run: tiny sizes, 2 steps")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Raise ValueError for options ``run`` would refuse, without measuring (``scripts/gpu_check.sh --dry-run``)."""
+    _configs(args)
 
 
 def _csv(value: str, name: str, cast=str) -> list:
@@ -183,134 +191,8 @@ def _configs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- worker (fresh process)
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-class _PeakRSS:
-    """Peak RSS during a block of code: kernel high-water mark when resettable, else a 1 ms sampler."""
-
-    def __init__(self) -> None:
-        self.peak_kb = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _PeakRSS:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self._hwm = True
-        except OSError:
-            self._hwm = False
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak_kb = max(self.peak_kb, _proc_status_kb("VmRSS") or 0)
-            time.sleep(0.001)
-
-    def __exit__(self, *exc) -> None:
-        if self._hwm:
-            self.peak_kb = _proc_status_kb("VmHWM") or 0
-        else:
-            self._stop.set()
-            self._thread.join()
-
-
-class _PeakByOperation:
-    """Peak memory of one step, split at every module call and module backward: which operation set it.
-
-    A segment starts when a module's forward starts (``forward NAME``; ``recompute NAME`` when it runs
-    inside a backward pass: a checkpoint's or a reversible stack's recomputation), when the gradient of
-    a module's output arrives (``backward NAME``: that module's backward starts) and at the optimizer
-    step. At each boundary the high-water mark since the last boundary is read and reset (CPU: VmHWM via
-    ``/proc/self/clear_refs``; CUDA: ``max_memory_allocated``), so the largest segment is the step's
-    peak and its label the innermost module running then (operations inside a module that are not
-    modules themselves, such as a chunked grouping, are charged to that module). ``peak`` is absolute
-    (bytes, RSS or allocated); ``None`` where the high-water mark cannot be reset.
-    """
-
-    def __init__(self, module, device) -> None:
-        import torch
-
-        self.torch = torch
-        self.cuda = device.type == "cuda"
-        self.device = device
-        self.label = "step start"
-        self.peak: int | None = None
-        self.peak_at: str | None = None
-        self.handles = []
-        self.ok = self.cuda or self._reset_cpu()
-        if not self.ok:
-            return
-        for name, mod in module.named_modules():
-            if name:
-                self.handles.append(mod.register_forward_pre_hook(self._pre(name)))
-                self.handles.append(mod.register_forward_hook(self._post(name)))
-
-    @staticmethod
-    def _reset_cpu() -> bool:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            return True
-        except OSError:
-            return False
-
-    def mark(self, label: str) -> None:
-        if not self.ok:
-            return
-        if self.cuda:
-            high = self.torch.cuda.max_memory_allocated(self.device)
-            self.torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            high = (_proc_status_kb("VmHWM") or 0) * 1024
-            self._reset_cpu()
-        if self.peak is None or high > self.peak:
-            self.peak, self.peak_at = high, self.label
-        self.label = label
-
-    def _pre(self, name: str):
-        def hook(mod, args):
-            task = getattr(self.torch._C, "_current_graph_task_id", lambda: -1)()
-            self.mark(("recompute " if task != -1 else "forward ") + name)
-        return hook
-
-    def _post(self, name: str):
-        def grad_hook(grad):
-            self.mark("backward " + name)
-
-        def hook(mod, args, output):
-            outs = output if isinstance(output, (tuple, list)) else (output,)
-            for t in outs:
-                if isinstance(t, self.torch.Tensor) and t.requires_grad:
-                    t.register_hook(grad_hook)
-                    break
-        return hook
-
-    def close(self) -> None:
-        self.mark("step end")
-        for h in self.handles:
-            h.remove()
-
-
-def _cache_freed_blocks() -> None:
-    """Undo ``MALLOC_MMAP_THRESHOLD_=65536`` for the rest of the process (glibc ``mallopt``): blocks up
-    to 32 MiB come from the heap and freed ones are reused, as under glibc's default dynamic threshold
-    once a program has freed a few large blocks. No-op where there is no glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 * 2**20)
-        libc.mallopt(m_trim_threshold, 64 * 2**20)
-    except (OSError, AttributeError):
-        log.debug("no glibc mallopt: timing with the allocator as configured")
+# The meters (peak RSS / peak per operation, glibc's caching) live in pointdr2.engine.memory: ``pointdr2 plan``
+# and the trainer's memory budget measure with the same ones.
 
 
 def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -328,7 +210,8 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     case = importlib.import_module(CASE_MODULES[cfg["model"]])
     module, inputs, loss_fn = case.build_case(
-        cfg["model"], cfg["mode"], cfg["depth"], cfg["batch"], cfg["points"], cfg["alpha"], cfg["beta"], device
+        cfg["model"], cfg["mode"], cfg["depth"], cfg["batch"], cfg["points"], cfg["alpha"], cfg["beta"], device,
+        **(cfg.get("case_args") or {}),  # a case's own settings (the "config" case: config file and finetune keys)
     )
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6)

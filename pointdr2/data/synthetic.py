@@ -1103,3 +1103,23 @@ def write_layout(layout: str, out: str | Path, size: str = "demo", seed: int = 0
     seconds = time.perf_counter() - start
     log.info("synthetic %s (%s, seed %d) written to %s in %.1f s", layout, size, seed, path, seconds)
     return path, seconds
+
+
+def indoor_crop(batch: int, points: int, generator):
+    """``pos[B,N,3]`` and ``feats[B,4,N]`` (rgb in [0,1] + height) of an indoor-like crop.
+
+    The density matches a 0.04 m voxelised S3DIS crop: 24,000 points over a box of about
+    3 x 3 x 3 m, half on floor/wall planes (dense surfaces, as in rooms) and half in the volume.
+    """
+    import torch
+
+    side = 3.0 * (points / 24000) ** (1 / 3)
+    pos = torch.rand(batch, points, 3, generator=generator) * side
+    on_plane = torch.rand(batch, points, generator=generator) < 0.5
+    axis = torch.randint(0, 3, (batch, points), generator=generator)
+    flat = pos.clone()
+    flat.scatter_(2, axis.unsqueeze(-1), 0.0)  # project onto the x=0 / y=0 / z=0 planes
+    pos = torch.where(on_plane.unsqueeze(-1), flat, pos)
+    rgb = torch.rand(batch, 3, points, generator=generator)
+    height = pos[..., 2].unsqueeze(1)
+    return pos.contiguous(), torch.cat([rgb, height], 1).contiguous()

@@ -131,6 +131,75 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- plan
+def parse_int_list(text: str | None, what: str, count: int | None = None) -> list[int] | None:
+    """``"8,16,32"`` -> [8, 16, 32]; a one-line ValueError naming ``what`` for anything but positive integers."""
+    if text is None:
+        return None
+    try:
+        items = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        items = []
+    if not items or any(v < 1 for v in items) or (count is not None and len(items) != count):
+        n = f"{count} " if count else ""
+        raise ValueError(f"{what}: expected {n}comma-separated positive integers (e.g. 8,16,32), got {text!r}")
+    return items
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``pointdr2 plan``: measure (``pointdr2.engine.plan.measure_plan``), print the table or JSON, and with
+    ``--memory`` the largest batch per mode and the choice ``train.memory_budget`` would make."""
+    from pointdr2.config import parse_size
+    from pointdr2.engine.memory import cache_freed_blocks, return_freed_blocks
+    from pointdr2.engine.plan import MemoryBudgetError, choose_fit, format_plan, measure_plan
+    from pointdr2.engine.trainer import resolve_device
+
+    budget = parse_size(args.memory, "--memory") if args.memory else None
+    batch_sizes = parse_int_list(args.batch_sizes, "--batch-sizes")
+    probe_batches = parse_int_list(args.probe_batches, "--probe-batches", 2)
+    for name in ("points", "probe_points", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    cfg = _config(args)
+    if cfg.finetune.mode not in ("dr2net", "conventional", "checkpoint", "auto"):
+        raise ValueError(f"finetune.mode must be dr2net, conventional, checkpoint or auto, got {cfg.finetune.mode!r}")
+    bs = cfg.train.batch_size
+    if batch_sizes is None:
+        batch_sizes = [8, 16, 32] if bs == "auto" else sorted({max(1, int(bs) // 4), max(1, int(bs) // 2), int(bs)})
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    if "num_classes" not in cfg.model:
+        from pointdr2.engine.plan import DATASET_CLASSES
+
+        cfg.model["num_classes"] = DATASET_CLASSES.get(str(cfg.dataset.get("name", "")).lower(), 10)
+    freed = device.type == "cpu" and return_freed_blocks()
+    try:
+        plan = measure_plan(cfg, device=device, points=args.points, probe_batches=probe_batches,
+                            probe_points=args.probe_points, name_peak=bool(args.peak_at))
+    finally:
+        if freed:
+            cache_freed_blocks()
+    fit, fit_error = None, None
+    if budget is not None:
+        try:
+            fit = choose_fit(plan, budget, mode="auto", batch_size=bs)
+        except MemoryBudgetError as exc:
+            fit_error = str(exc)
+    if args.json:
+        out = plan.to_dict(batch_sizes, budget, fit)
+        if budget is not None:
+            out.setdefault("choice", None)
+            out["choice_error"] = fit_error
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_plan(plan, batch_sizes, budget, fit))
+        if fit_error:
+            print(f"nothing fits: {fit_error}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- eval
 def load_for_eval(cfg: Config, checkpoint: str | os.PathLike, split: str = "test"):
     """Dataset, base model, evaluation network and checkpoint dict for ``split``.

@@ -362,6 +362,8 @@ def check(cfg: Config, *, world_size: int = 1, resume: bool = False, force: bool
     trainer = _Trainer(cfg, resume=resume, force=force, stop_after_epochs=None,
                        model_fn=model_fn or _default_model_fn, dataset_fn=dataset_fn or _default_dataset_fn)
     trainer._setup(check_world=world_size)
+    if getattr(trainer, "memory_fit_text", None):
+        log.info("%s", trainer.memory_fit_text)
     return {"run_dir": str(trainer.run_dir), "processes": world_size, "train": len(trainer.train_set),
             trainer.select_split: len(trainer.select_set), "task": trainer.task,
             "steps_per_epoch": trainer.steps_per_epoch, "micro_batch": trainer.micro}
@@ -375,11 +377,24 @@ class _Trainer:
         self.model_fn, self.dataset_fn = model_fn, dataset_fn
         self.run_dir = Path(os.path.expanduser(str(cfg.run.dir)))
         t = cfg.train
-        if cfg.finetune.mode not in FINETUNE_MODES:
-            raise ValueError(f"finetune.mode must be one of {', '.join(FINETUNE_MODES)}, got {cfg.finetune.mode!r}")
+        budget = t.get("memory_budget")
+        if cfg.finetune.mode == "auto" and budget is None:
+            raise ValueError("finetune.mode=auto needs train.memory_budget (e.g. train.memory_budget=12GB): it picks the "
+                             "cheapest mode that fits it")
+        if cfg.finetune.mode not in FINETUNE_MODES + ("auto",):
+            raise ValueError(f"finetune.mode must be one of {', '.join(FINETUNE_MODES)} or auto, got {cfg.finetune.mode!r}")
+        if t.batch_size == "auto" and budget is None:
+            raise ValueError("train.batch_size=auto needs train.memory_budget (e.g. train.memory_budget=12GB): it picks "
+                             "the largest batch that fits it")
+        if budget is not None:
+            from pointdr2.config import parse_size
+
+            parse_size(budget, "train.memory_budget")
         if t.select_on not in ("val", "test"):
             raise ValueError(f"train.select_on must be val or test, got {t.select_on!r}")
         for key in ("epochs", "batch_size", "accumulate"):
+            if key == "batch_size" and t[key] == "auto":
+                continue
             if not isinstance(t[key], int) or t[key] < 1:
                 raise ValueError(f"train.{key} must be a positive integer, got {t[key]!r}")
         if not 0.0 <= float(t.label_smoothing) < 1.0:
@@ -398,21 +413,13 @@ class _Trainer:
         self.dist = dist_utils.DistInfo(world_size=check_world) if checking \
             else dist_utils.init_distributed(self.device.type)
         self.main = self.dist.is_main
-        if self.main and checking:
-            RunLock(self.run_dir).probe()
-        elif self.main:
-            self._claim_run_dir()
-        dist_utils.barrier()
         world = self.dist.world_size
-        if t.batch_size % (t.accumulate * world):
-            raise ValueError(f"train.batch_size={t.batch_size} must be divisible by train.accumulate={t.accumulate} "
-                             f"x {world} processes")
-        self.micro = t.batch_size // (t.accumulate * world)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(t.seed)
 
-        # Data first: a missing dataset root should fail before any model work.
+        # Data first: a missing dataset root should fail before any model work (and before the run directory
+        # is claimed: a bad dataset or a memory budget nothing fits leaves nothing behind).
         vf = float(t.val_fraction) if t.select_on == "val" else 0.0
         self.train_set = build_split(cfg, "train", self.dataset_fn, vf)
         self.select_split = t.select_on
@@ -425,10 +432,21 @@ class _Trainer:
         elif int(cfg.model.num_classes) != num_classes:
             raise ValueError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.dataset.get('name')!r} "
                              f"has {num_classes} classes")
+        self.ckpt = _load_resume_checkpoint(self.run_dir) if self.resume else None
+        self.memory_fit = self._fit_memory(world) if t.get("memory_budget") is not None else None
+
+        if self.main and checking:
+            RunLock(self.run_dir).probe()
+        elif self.main:
+            self._claim_run_dir()
+        dist_utils.barrier()
+        if t.batch_size % (t.accumulate * world):
+            raise ValueError(f"train.batch_size={t.batch_size} must be divisible by train.accumulate={t.accumulate} "
+                             f"x {world} processes")
+        self.micro = t.batch_size // (t.accumulate * world)
 
         self.model = self.model_fn(cfg.model).to(self.device)
         if self.resume:
-            self.ckpt = _load_resume_checkpoint(self.run_dir)
             if not is_own_checkpoint(self.ckpt):
                 raise ValueError(f"{self.run_dir / 'last.pth'} is not a pointdr2 training checkpoint")
             self._check_resumed_config()
@@ -450,6 +468,12 @@ class _Trainer:
         self.schedule = _coefficient_schedule(ft) if ft.mode == "dr2net" else None
         a0, b0 = self.schedule(0.0) if self.schedule is not None else (1.0, 0.0)
         self.net = build_network(self.model, ft, a0, b0, train=True).to(self.device)
+        cap = (self.memory_fit or {}).get("min_cache_every")
+        if cap:
+            from pointdr2.reversible import iter_stacks
+
+            for stack in iter_stacks(self.net):
+                stack.guard.min_cache_every = int(cap)
         if t.get("sync_bn") and self.dist.enabled and not checking:
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self.coefficients = (float(a0), float(b0))
@@ -491,6 +515,63 @@ class _Trainer:
         self.best_metric, self.best_epoch, self.last_metrics = -math.inf, -1, {}
         if self.ckpt is not None:
             self._restore(self.ckpt)
+
+    def _fit_memory(self, world: int) -> dict:
+        """``train.memory_budget``: measure the plan (``pointdr2.engine.plan``) on this device with the training
+        data's own samples and apply :func:`~pointdr2.engine.plan.choose_fit` to the config: ``finetune.mode``
+        (``auto``: the cheapest that fits), ``train.batch_size`` (``auto``: the largest that fits) and
+        ``train.accumulate`` (a smaller micro-batch keeps the effective batch), plus the guard's spacing cap.
+        Rank 0 measures and every rank gets its choice; a resumed run keeps the choice it started with.
+        Raises :class:`~pointdr2.engine.plan.MemoryBudgetError` (nothing written yet) when nothing fits."""
+        from pointdr2.config import parse_size
+        from pointdr2.engine.memory import cache_freed_blocks, return_freed_blocks
+        from pointdr2.engine.plan import choose_fit, format_bytes, measure_plan
+
+        cfg, t = self.cfg, self.cfg.train
+        budget = parse_size(t.memory_budget, "train.memory_budget")
+        fit = (self.ckpt or {}).get("memory_fit")
+        if fit:
+            self.memory_fit_text = (f"train.memory_budget: resuming with the choice of the run's start (finetune.mode "
+                                    f"{fit['mode']}, batch {fit['batch_size']} = {fit['micro_batch']} x "
+                                    f"{fit['accumulate']} accumulation)")
+        else:
+            result: list = [None]
+            if self.main:
+                sample = self.train_set[0]
+                points = int((sample["points"] if self.task == "classification" else sample["pos"]).shape[0])
+                freed = self.device.type == "cpu" and return_freed_blocks()
+                try:
+                    mode = str(cfg.finetune.mode)
+                    plan = measure_plan(cfg, device=self.device, model_fn=self.model_fn, points=points,
+                                        sample_fn=lambda n, i: self.train_set[i % len(self.train_set)],
+                                        modes=FINETUNE_MODES if mode == "auto" else (mode,))
+                finally:
+                    if freed:
+                        cache_freed_blocks()
+                try:
+                    result[0] = choose_fit(plan, budget, mode=str(cfg.finetune.mode), batch_size=t.batch_size,
+                                           processes=world, max_batch=max(1, len(self.train_set) // world)).to_dict()
+                except ValueError as exc:
+                    result[0] = {"error": str(exc)}
+            if self.dist.enabled:
+                torch.distributed.broadcast_object_list(result, src=0)
+            fit = result[0]
+            if "error" in fit:
+                from pointdr2.engine.plan import MemoryBudgetError
+
+                raise MemoryBudgetError(fit["error"])
+            # logged by _announce, once train.log exists (and by pointdr2 train --check)
+            self.memory_fit_text = (
+                f"train.memory_budget {format_bytes(budget)}: finetune.mode {fit['mode']}, batch {fit['batch_size']} = "
+                f"{fit['micro_batch']} x {fit['accumulate']} accumulation x {world} processes; predicted "
+                f"{format_bytes(fit['total_bytes'])} per process ({fit['reason']})"
+                + (f"; Dr2Net anchor spacing kept >= {fit['min_cache_every']}" if fit["min_cache_every"] else ""))
+            if t.batch_size != "auto" and fit["batch_size"] != t.batch_size:  # pragma: no cover - choose_fit keeps it
+                raise RuntimeError(f"memory fit changed the effective batch {t.batch_size} -> {fit['batch_size']}")
+        cfg.finetune["mode"] = fit["mode"]
+        t["batch_size"] = int(fit["batch_size"])
+        t["accumulate"] = int(fit["accumulate"])
+        return fit
 
     def _claim_run_dir(self) -> None:
         """Rank 0, for every rank: lock the run directory (one run per directory), then the housekeeping
@@ -587,6 +668,7 @@ class _Trainer:
             "finetune": {"mode": self.cfg.finetune.mode, "alpha": alpha, "beta": beta,
                          "output": self.cfg.finetune.output, "residual": self.cfg.finetune.residual},
             "task": self.task,
+            "memory_fit": self.memory_fit,
             "config": self.cfg.to_dict(),
         }
 
@@ -803,6 +885,8 @@ class _Trainer:
 
     def _announce(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        if getattr(self, "memory_fit_text", None):
+            log.info("%s", self.memory_fit_text)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("run %s: %s on %s (%d process%s), task %s, model %s (%.2fM params), finetune.mode %s",
                  self.run_dir, "resuming" if self.resume else "training", self.device, self.dist.world_size,

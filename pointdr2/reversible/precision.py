@@ -85,17 +85,47 @@ class PrecisionGuard:
     The prediction ``rho**k * eps`` ignores the blocks' Jacobians; the measured error of each reversible
     backward corrects it by a multiplicative factor: raised at once when a step was worse than predicted
     (safety first), lowered geometrically when steps are better (so spacing recovers slowly).
+
+    ``min_cache_every`` (None: no limit) is a memory cap: smaller spacings keep more anchor states, and the
+    trainer sets the smallest spacing whose memory fits ``train.memory_budget`` (``pointdr2.engine.plan``).
+    The guard never chooses below it; when the precision asks for less, the spacing stays at the cap (the
+    memory budget wins: reconstruction error may then exceed ``tolerance``), ``capped`` counts those steps
+    and one warning says so.
     """
 
-    def __init__(self, tolerance: float = 1e-4) -> None:
+    def __init__(self, tolerance: float = 1e-4, min_cache_every: int | None = None) -> None:
         if not tolerance > 0:
             raise ValueError(f"tolerance must be > 0, got {tolerance}")
         self.tolerance = float(tolerance)
         self.correction = 1.0
         self.cache_every: int | None = None
+        self.min_cache_every = min_cache_every
+        self.capped = 0
+
+    @property
+    def min_cache_every(self) -> int | None:
+        return self._min_cache_every
+
+    @min_cache_every.setter
+    def min_cache_every(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"min_cache_every must be None or an int >= 1, got {value!r}")
+        self._min_cache_every = value
 
     def choose(self, alpha: float, beta: float, depth: int, dtype: torch.dtype) -> int:
         k = choose_cache_every(alpha, beta, depth, dtype, self.tolerance, self.correction)
+        floor = None if self.min_cache_every is None else min(self.min_cache_every, depth)
+        if floor is not None and k < floor:
+            if beta == 0:
+                raise ValueError(f"beta == 0 cannot be reconstructed: the memory cap min_cache_every={floor} needs "
+                                 "a beta > 0 (start the schedule with beta > 0 or raise train.memory_budget)")
+            if not self.capped:
+                log.warning("Dr2Net auto mode: precision asks for an anchor every %d of %d blocks (alpha=%.3g, "
+                            "beta=%.3g) but the memory budget allows no fewer than every %d: keeping %d; the "
+                            "reconstruction error may exceed the tolerance %.3g until the schedule allows it",
+                            k, depth, alpha, beta, floor, floor, self.tolerance)
+            self.capped += 1
+            k = floor
         if k != self.cache_every:
             log.info(
                 "Dr2Net auto mode: anchor every %d of %d blocks (alpha=%.3g, beta=%.3g, growth=%.3g, "

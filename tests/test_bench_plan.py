@@ -1,0 +1,40 @@
+"""bench plan: the plan command's JSON against the bench memory harness, in fresh processes, on a tiny config."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from pointdr2.bench import plan as bench_plan
+from pointdr2.bench.memory import _run_one
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = {"quick": True, "cases": None, "device": "cpu", "threads": 1, "json": None, "timeout": 600,
+            "short": False, "batches": None, "points": None}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_predicted_saved_bytes_match_the_harness_at_an_unprobed_batch():
+    case = {"name": "tiny", "config": "modelnet40/pointmae.yaml", "batches": [6], "points": [64], "probe_points": None,
+            "overrides": ["model.trans_dim=32", "model.depth=4", "model.num_heads=2", "model.encoder_dims=32",
+                          "model.num_group=8", "model.group_size=8"]}
+    rows = bench_plan.rows_for(case, _args())
+    assert [r["label"] for r in rows] == ["conventional", "checkpoint", "dr2net@worst", "dr2net@end"]
+    assert rows[2]["worker"]["case_args"]["finetune"] == {"mode": "dr2net", "backprop": "reversible", "cache_every": 3}
+    r = rows[2]  # conventional and checkpoint are checked in-process in tests/engine/test_plan.py
+    res = _run_one(r["worker"], 600)
+    assert "error" not in res, res.get("error")
+    assert res["cache_every"] == r["cache_every"] == 3
+    assert r["pred_saved"] == pytest.approx(res["saved_bytes"], rel=0.02)
+    assert rows[2]["pred_saved"] < 0.1 * rows[0]["pred_saved"]
+
+
+def test_bad_options_are_one_line_errors():
+    with pytest.raises(ValueError, match="--cases: unknown nope"):
+        bench_plan.check_arguments(_args(cases="nope"))
+    with pytest.raises(ValueError, match="--batches"):
+        bench_plan.check_arguments(_args(batches="8,zero"))
+    cases = bench_plan.check_arguments(_args(quick=False, short=True))
+    assert [(c["batches"], c["points"]) for c in cases] == [([32], [1024]), ([2], [24000])]
