@@ -28,7 +28,8 @@ from pointdr2.nn.heads import build_cls_head
 from pointdr2.nn.tokenizer import Group, PointPatchEncoder, check_points, recompute_tokens
 from pointdr2.nn.transformer import Block, TransformerEncoder
 
-__all__ = ["PatchTokenizerMixin", "PointTransformer", "PointTransformerDr2", "VARIANTS", "build_point_transformer"]
+__all__ = ["PatchTokenizerMixin", "PointTransformer", "PointTransformerDr2", "VARIANTS", "build_point_transformer",
+           "stack_units"]
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,17 @@ class MlpSubBlock(nn.Module):
         return alpha * y + self.block.mlp_branch(y)
 
 
+def stack_units(blocks: nn.ModuleList, residual: str) -> list[nn.Module]:
+    """The Dr²Net units of a transformer's blocks: one per block (``residual="block"``, the identity scaled
+    around the whole block) or an attention and an MLP sub-block per block (``"branch"``)."""
+    if residual not in RESIDUAL_UNITS:
+        raise ValueError(f"residual must be one of {RESIDUAL_UNITS}, got {residual!r}")
+    units: list[nn.Module] = []
+    for block in blocks:
+        units += [TransformerBlockG(block)] if residual == "block" else [AttentionSubBlock(block), MlpSubBlock(block)]
+    return units
+
+
 class PointTransformerDr2(nn.Module):
     """Dr2Net surrogate of a :class:`PointTransformer`, sharing its parameters (no copies).
 
@@ -311,13 +323,9 @@ class PointTransformerDr2(nn.Module):
 
         if not isinstance(model, PointTransformer):
             raise ValueError(f"PointTransformerDr2 wraps a PointTransformer, got {type(model).__name__}")
-        if residual not in RESIDUAL_UNITS:
-            raise ValueError(f"residual must be one of {RESIDUAL_UNITS}, got {residual!r}")
+        subs = stack_units(model.blocks.blocks, residual)
         self.model = model
         self.residual = residual
-        subs: list[nn.Module] = []
-        for block in model.blocks.blocks:
-            subs += [TransformerBlockG(block)] if residual == "block" else [AttentionSubBlock(block), MlpSubBlock(block)]
         stack_kw.setdefault("output", "last")
         self.stack = Dr2Stack(subs, alpha=alpha, beta=beta, mode=mode, **stack_kw)
         self.recompute_stem = bool(recompute_stem)

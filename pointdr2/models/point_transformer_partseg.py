@@ -36,12 +36,9 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from pointdr2.models.point_transformer import (
     MODEL_KEYS,
-    RESIDUAL_UNITS,
-    AttentionSubBlock,
-    MlpSubBlock,
     PatchTokenizerMixin,
-    TransformerBlockG,
     _check_model_config,
+    stack_units,
 )
 from pointdr2.models.registry import register_model
 from pointdr2.nn.part_seg import PointNetFeaturePropagation, category_one_hot
@@ -267,13 +264,9 @@ class PartSegDr2(nn.Module):
 
         if not isinstance(model, PointTransformerPartSeg):
             raise ValueError(f"PartSegDr2 wraps a PointTransformerPartSeg, got {type(model).__name__}")
-        if residual not in RESIDUAL_UNITS:
-            raise ValueError(f"residual must be one of {RESIDUAL_UNITS}, got {residual!r}")
+        subs = stack_units(model.blocks.blocks, residual)
         self.model = model
         self.residual = residual
-        subs: list[nn.Module] = []
-        for block in model.blocks.blocks:
-            subs += [TransformerBlockG(block)] if residual == "block" else [AttentionSubBlock(block), MlpSubBlock(block)]
         per_block = 1 if residual == "block" else 2
         self.taps = tuple(per_block * b for b in model.feature_blocks)
         stack_kw.setdefault("output", "last")

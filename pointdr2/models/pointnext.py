@@ -225,6 +225,19 @@ class PointNeXtEncoder(nn.Module):
         return ps, fs
 
 
+def propagation_stages(coarsest: int, skips: Sequence[int], fp_channels: Sequence[int],
+                       decoder_layers: int) -> nn.Sequential:
+    """The decoder's feature propagations, finest first: stage i takes the next coarser stage's output
+    (``coarsest`` channels for the last) and ``skips[i]`` skip channels to ``fp_channels[i]``."""
+    n = len(fp_channels)
+    stages: list[Optional[nn.Module]] = [None] * n
+    c_in = coarsest
+    for i in range(-1, -n - 1, -1):
+        stages[i] = nn.Sequential(FeaturePropagation([skips[i] + c_in] + [fp_channels[i]] * decoder_layers))
+        c_in = fp_channels[i]
+    return nn.Sequential(*stages)
+
+
 class PointNeXtDecoder(nn.Module):
     """U-Net decoder (openpoints' PointNextDecoder with 4 decoder stages): from the coarsest
     stage up, interpolate to the next finer point set, concat its skip features (the raw input
@@ -243,13 +256,7 @@ class PointNeXtDecoder(nn.Module):
         fp_channels = enc[:self.decoder_stages]
         if len(skips) < self.decoder_stages:
             skips.insert(0, in_channels)
-        n = len(fp_channels)
-        stages: list[Optional[nn.Module]] = [None] * n
-        c_in = enc[-1]
-        for i in range(-1, -n - 1, -1):
-            stages[i] = nn.Sequential(FeaturePropagation([skips[i] + c_in] + [fp_channels[i]] * decoder_layers))
-            c_in = fp_channels[i]
-        self.decoder = nn.Sequential(*stages)
+        self.decoder = propagation_stages(enc[-1], skips, fp_channels, decoder_layers)
         self.out_channels = fp_channels[0]
 
     def forward(self, ps: Sequence[torch.Tensor], fs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -373,13 +380,7 @@ class PointNeXtPartDecoder(nn.Module):
         else:
             self.convc = nn.Sequential(conv_block(self.num_categories, 64, dim=1, norm=False))
             skips[0] += 64
-        n = len(fp_channels)
-        stages: list[Optional[nn.Module]] = [None] * n
-        c_in = enc[-1]
-        for i in range(-1, -n - 1, -1):
-            stages[i] = nn.Sequential(FeaturePropagation([skips[i] + c_in] + [fp_channels[i]] * decoder_layers))
-            c_in = fp_channels[i]
-        self.decoder = nn.Sequential(*stages)
+        self.decoder = propagation_stages(enc[-1], skips, fp_channels, decoder_layers)
         self.out_channels = fp_channels[0]
 
     def category_embedding(self, fs: Sequence[torch.Tensor], one_hot: torch.Tensor) -> torch.Tensor:
