@@ -63,6 +63,7 @@ from typing import Any
 
 from pointdr2.engine.memory import PeakByOperation as _PeakByOperation
 from pointdr2.engine.memory import PeakRSS as _PeakRSS
+from pointdr2.engine.memory import backward_and_step as _backward_and_step
 from pointdr2.engine.memory import cache_freed_blocks as _cache_freed_blocks
 from pointdr2.engine.memory import proc_status_kb as _proc_status_kb
 from pointdr2.progress import bar as progress_bar
@@ -223,12 +224,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     def step(tracker: _PeakByOperation | None = None) -> float:
         opt.zero_grad(set_to_none=False)  # keep grads allocated: they belong to the baseline
         loss = loss_fn(module(*inputs))
-        if tracker is not None:
-            tracker.mark("loss backward")
-        loss.backward()
-        if tracker is not None:
-            tracker.mark("optimizer step")
-        opt.step()
+        _backward_and_step(loss, opt, tracker)
         return float(loss.detach())
 
     measure = set(cfg.get("measure") or MEASURES)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 __all__ = ["SavedTensorMeter", "PeakByOperation", "PeakRSS", "peak_memory_bytes", "reset_peak_memory",
-           "return_freed_blocks", "cache_freed_blocks", "proc_status_kb"]
+           "return_freed_blocks", "cache_freed_blocks", "proc_status_kb", "backward_and_step"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,16 @@ class PeakRSS:
         else:
             self._stop.set()
             self._thread.join()
+
+
+def backward_and_step(loss: torch.Tensor, optimizer, tracker: PeakByOperation | None = None) -> None:
+    """``loss.backward()`` then ``optimizer.step()``, with ``tracker`` (if any) marking where each starts."""
+    if tracker is not None:
+        tracker.mark("loss backward")
+    loss.backward()
+    if tracker is not None:
+        tracker.mark("optimizer step")
+    optimizer.step()
 
 
 class PeakByOperation:

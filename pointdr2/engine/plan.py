@@ -48,7 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pointdr2.engine.memory import PeakByOperation, PeakRSS, SavedTensorMeter, proc_status_kb
+from pointdr2.engine.memory import (
+    PeakByOperation,
+    PeakRSS,
+    SavedTensorMeter,
+    backward_and_step,
+    proc_status_kb,
+)
 
 __all__ = ["Affine", "ModeRow", "MemoryPlan", "Fit", "MemoryBudgetError", "measure_plan", "choose_fit",
            "plan_points", "synthetic_sample", "format_bytes", "MODES", "PREFERENCE"]
@@ -476,12 +482,7 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
             meter = SavedTensorMeter(net)
             with meter:
                 loss = forward()
-            if tracker is not None:
-                tracker.mark("loss backward")
-            loss.backward()
-            if tracker is not None:
-                tracker.mark("optimizer step")
-            optimizer.step()
+            backward_and_step(loss, optimizer, tracker)
             _sync(device)
             if tracker is not None:
                 tracker.close()
