@@ -141,6 +141,7 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
             "modes": analysis.mode_table(results, track.metric),
             "comparisons": analysis.comparisons(by_mode, t, s.bootstrap),
             "guard": analysis.guard_report(results["dr2net"]),
+            "reduced_modes": analysis.reduced_modes(by_mode),
             "runs": {mode: [r.as_dict() for r in rs] for mode, rs in results.items()},
         }
         entry["test_items"] = entry["comparisons"][0]["items"] if entry["comparisons"] else None

@@ -15,7 +15,8 @@ from pointdr2.study.runs import RunResult, RunSpec, run_items
 from pointdr2.study.settings import COMPARISONS, MARGIN, TRACKS
 from pointdr2.study.stats import DECISION_RULE, bootstrap_paired, decide, mean_std
 
-__all__ = ["item_statistics", "mode_table", "comparisons", "decision_rule", "guard_report", "ablation_table"]
+__all__ = ["item_statistics", "mode_table", "comparisons", "decision_rule", "guard_report", "ablation_table",
+           "reduced_modes"]
 
 METRIC_KEYS = {"oa": ("oa", "macc"), "miou": ("miou", "oa", "macc")}
 
@@ -69,6 +70,24 @@ def comparisons(specs: Mapping[str, Sequence[RunSpec]], track: str, replicates: 
         out.append({"a": a, "b": b, "what": what, "metric": t.metric, "seeds": n,
                     "items": int(stats[a].shape[1]), **iv.as_dict(), "decision": decide(iv, MARGIN),
                     "margin": MARGIN})
+    return out
+
+
+def reduced_modes(specs: Mapping[str, Sequence[RunSpec]], reference: str = "conventional") -> dict[str, Any]:
+    """Modes that ran fewer seeds than ``reference``: their seeds and, per seed, whether the run's per-item
+    test records (predictions, or the room's confusion matrix) equal ``reference``'s bit for bit."""
+    full = {sp.meta["seed"]: sp for sp in specs.get(reference, [])}
+    out: dict[str, Any] = {}
+    for mode, mode_specs in specs.items():
+        if mode == reference or len(mode_specs) >= len(full):
+            continue
+        same = {}
+        for sp in mode_specs:
+            ref = full.get(sp.meta["seed"])
+            if ref is not None:
+                a, b = run_items(sp), run_items(ref)
+                same[sp.meta["seed"]] = bool(a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a))
+        out[mode] = {"seeds": [sp.meta["seed"] for sp in mode_specs], "identical_to_" + reference: same}
     return out
 
 

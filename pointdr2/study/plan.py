@@ -5,9 +5,9 @@ every mode of :data:`~pointdr2.study.settings.MODES` x ``seeds``; a conventional
 initialisation (does pretraining transfer?); and, on the transformer track, the recipe ablation
 (:data:`~pointdr2.study.settings.VARIANTS`, backprop exact, ``ablation_seeds`` seeds).
 
-Seeds change the head's initialisation, the data order, the augmentation and drop-path; the data
-(including the validation carve, ``dataset`` seed 0) and the schedules are identical across modes, so
-seed s of one mode is paired with seed s of another.
+Seeds change the head's initialisation, the data order, the augmentation, drop-path and the validation
+carve; the test data and the schedules are identical across modes, so seed s of one mode is paired with
+seed s of another (a mode with fewer seeds, ``Settings.mode_seeds``, is paired on the seeds it has).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def finetune_specs(out: Path, track: str, s: Settings) -> list[RunSpec]:
     specs = []
     for seed in range(s.seeds):
         for mode, mode_overrides in MODES.items():
+            if seed >= s.mode_seeds.get(track, {}).get(mode, s.seeds):
+                continue
             overrides = [*_finetune_base(out, track, s), *mode_overrides, f"model.pretrained={encoder}",
                          f"train.seed={seed}"]
             specs.append(RunSpec(f"{track}/{mode}/seed{seed}", config_path(t.finetune_config), overrides,

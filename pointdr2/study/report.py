@@ -112,6 +112,13 @@ def results_markdown(study: Mapping[str, Any], pngs: Mapping[str, str]) -> str:
                   f"({t['pretrain']['seconds'] / 60:.1f} min). Test set: {t['test_items']} "
                   f"{'objects' if TRACKS[name].item_metric == 'accuracy' else 'rooms'}.", "",
                   accuracy_table(t), ""]
+        for mode, red in (t.get("reduced_modes") or {}).items():
+            same = red.get("identical_to_conventional", {})
+            verdict = "; ".join(f"seed {k}: {'identical to' if v else 'differs from'} conventional's, item by item"
+                                for k, v in same.items())
+            verdict = verdict or "no conventional run of that seed"
+            lines += [f"{mode} ran {len(red['seeds'])} seed(s) on this track ({verdict}); its paired differences "
+                      "use the seeds it has.", ""]
         if claim is not None:
             lines += [f"**Decision ({name}): dr2net − conventional = {claim['estimate']:+.2f} points, 95% interval "
                       f"[{claim['low']:+.2f}, {claim['high']:+.2f}]: {claim['decision']} (margin ±{claim['margin']:g}).**",

@@ -97,6 +97,8 @@ class Settings:
     pretrain: dict[str, list[str]] = field(default_factory=dict)
     finetune: dict[str, list[str]] = field(default_factory=dict)
     common: dict[str, list[str]] = field(default_factory=dict)
+    # fewer seeds for some modes of a track ({track: {mode: seeds}}, capped at ``seeds``); the report says so
+    mode_seeds: dict[str, dict[str, int]] = field(default_factory=dict)
     harness_steps: int = 3
     harness_in_process: bool = False
     depths: list[int] = field(default_factory=lambda: [2, 4, 6, 8, 12, 16, 24])
@@ -111,8 +113,11 @@ class Settings:
 
 
 def full_settings() -> Settings:
+    # PointNeXt's checkpoint control runs one seed: on a CPU its training is bitwise that of conventional (the
+    # same function; the recomputed forward repeats the same deterministic kernels and RNG draws), which the
+    # report checks on that seed; two more seeds would cost about 9 minutes of the 90 and measure nothing.
     return Settings(data_size="study", seeds=3, ablation_seeds=1, ablation_variants=list(VARIANTS),
-                    scratch_control=True)
+                    scratch_control=True, mode_seeds={"pointnext": {"checkpoint": 1}})
 
 
 def quick_settings() -> Settings:

@@ -1,0 +1,46 @@
+"""The study's run matrix (``pointdr2.study.plan``) and the check of a mode run on fewer seeds."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pointdr2.engine.evaluator import save_items
+from pointdr2.study import analysis, plan
+from pointdr2.study.runs import RunSpec
+from pointdr2.study.settings import MODES, full_settings
+
+
+def test_full_plan_runs_pointnext_checkpoint_on_one_seed(tmp_path):
+    s = full_settings()
+    counts = {t: Counter(sp.meta["mode"] for sp in plan.finetune_specs(tmp_path, t, s))
+              for t in ("transformer", "pointnext")}
+    assert counts["transformer"] == {m: 3 for m in MODES}
+    assert counts["pointnext"] == {"conventional": 3, "checkpoint": 1, "dr2net": 3, "dr2net-exact": 3}
+    s.seeds = 5  # --seeds 5: the reduced mode keeps its one seed, the others get five
+    counts = Counter(sp.meta["mode"] for sp in plan.finetune_specs(tmp_path, "pointnext", s))
+    assert counts["checkpoint"] == 1 and counts["dr2net"] == 5
+
+
+def _spec(tmp_path: Path, mode: str, seed: int, pred) -> RunSpec:
+    d = tmp_path / mode / f"seed{seed}"
+    d.mkdir(parents=True)
+    save_items(d / "test_items.npz", {"index": torch.arange(4), "pred": torch.tensor(pred),
+                                       "label": torch.tensor([0, 1, 2, 3])})
+    return RunSpec(f"t/{mode}/seed{seed}", Path("x.yaml"), [], d, meta={"mode": mode, "seed": seed})
+
+
+def test_reduced_modes_compares_item_by_item(tmp_path):
+    specs = {"conventional": [_spec(tmp_path, "conventional", s, [0, 1, 2, s]) for s in range(3)],
+             "checkpoint": [_spec(tmp_path, "checkpoint", 0, [0, 1, 2, 0])],
+             "dr2net": [_spec(tmp_path, "dr2net", 0, [0, 1, 2, 1])]}
+    specs["dr2net"] += [_spec(tmp_path, "dr2net", s, [0, 1, 2, 3]) for s in (1, 2)]
+    red = analysis.reduced_modes(specs)
+    assert red == {"checkpoint": {"seeds": [0], "identical_to_conventional": {0: True}}}
+    specs["checkpoint"].append(_spec(tmp_path, "checkpoint", 1, [0, 1, 2, 0]))  # conventional seed 1 has 3 there
+    red = analysis.reduced_modes(specs)
+    assert red["checkpoint"]["identical_to_conventional"] == {0: True, 1: False}
+    assert np.array_equal(np.load(tmp_path / "checkpoint" / "seed1" / "test_items.npz")["pred"], [0, 1, 2, 0])
