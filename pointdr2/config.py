@@ -17,13 +17,14 @@ check them. An override may add a new key only when written ``+key=value``. Unkn
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pointdr2.hints import closest
 
 __all__ = ["Config", "ConfigError", "DEFAULTS", "load_config", "dump_config", "find_config", "parse_size"]
 
@@ -167,13 +168,13 @@ def _flat_keys(tree: Mapping, prefix: str = "") -> list[str]:
 
 def _unknown_key_error(key: str, known_tree: Mapping, where: str) -> ConfigError:
     known = _flat_keys(known_tree)
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    close = closest(key, known)
     if not close:
         # Fall back to the siblings of the closest existing parent.
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         close = [k for k in known if parent and k.startswith(parent + ".") and k.count(".") == key.count(".")]
         close = close[:5]
-    hint = f"; closest known keys: {', '.join(close)}" if close else f"; known sections: {', '.join(known_tree)}"
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known sections: {', '.join(known_tree)}"
     return ConfigError(f"unknown config key {key!r} in {where}{hint}")
 
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from pointdr2.bench import plan as bench_plan
 from pointdr2.bench.memory import _run_one
+from pointdr2.commands import build_parser
+from pointdr2.commands.bench import check_arguments
 
 
-def _args(**kw) -> argparse.Namespace:
-    base = {"quick": True, "cases": None, "device": "cpu", "threads": 1, "json": None, "timeout": 600,
-            "short": False, "batches": None, "points": None}
-    return argparse.Namespace(**{**base, **kw})
+def _args(**kw) -> bench_plan.Options:
+    return bench_plan.Options(**{"quick": True, "timeout": 600, **kw})
+
+
+def _check(*argv: str) -> None:
+    """The command line's own check of ``pointdr2 bench plan ARGV`` (what scripts/gpu_check.sh --dry-run runs)."""
+    argv = ["bench", "plan", *argv]
+    check_arguments(build_parser(argv).parse_args(argv))
 
 
 def test_predicted_saved_bytes_match_the_harness_at_an_unprobed_batch():
@@ -33,8 +37,10 @@ def test_predicted_saved_bytes_match_the_harness_at_an_unprobed_batch():
 
 def test_bad_options_are_one_line_errors():
     with pytest.raises(ValueError, match="--cases: unknown nope"):
-        bench_plan.check_arguments(_args(cases="nope"))
+        _check("--quick", "--cases", "nope")
     with pytest.raises(ValueError, match="--batches"):
-        bench_plan.check_arguments(_args(batches="8,zero"))
-    cases = bench_plan.check_arguments(_args(quick=False, short=True))
+        _check("--quick", "--batches", "8,zero")
+    with pytest.raises(ValueError, match="--device"):
+        bench_plan.cases_of(_args(device="tpu"))
+    cases = bench_plan.cases_of(_args(quick=False, short=True))
     assert [(c["batches"], c["points"]) for c in cases] == [([32], [1024]), ([2], [24000])]

@@ -107,7 +107,7 @@ def test_bad_inputs_give_one_line_errors_and_leave_files_intact(setup, tmp_path,
     # an existing run directory is refused without --resume/--force
     _fails(["train", str(cfg)], capsys, "already exists")
     # unknown config key, with the closest known key named
-    _fails(["train", str(cfg), "train.epoch=3"], capsys, "closest known keys: train.epochs")
+    _fails(["train", str(cfg), "train.epoch=3"], capsys, "did you mean train.epochs")
     # missing and foreign checkpoints
     _fails(["eval", str(cfg), "--checkpoint", str(tmp_path / "none.pth")], capsys, "not found")
     foreign = tmp_path / "foreign.pth"
@@ -198,7 +198,7 @@ def test_dist_train_script_reports_a_bad_config_once_before_spawning(setup, tmp_
     seconds = time.monotonic() - t0
     assert done.returncode == 2, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and "closest known keys: train.epochs" in errors[0], done.stderr
+    assert len(errors) == 1 and "did you mean train.epochs" in errors[0], done.stderr
     assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr and seconds < 60
     bad = subprocess.run(["bash", str(root / "scripts" / "dist_train.sh"), "two", str(cfg)], env=env,
                          capture_output=True, text=True, timeout=60)

@@ -108,3 +108,11 @@ def test_checked_values_that_pass():
     cfg = load_config(None, ["train.lr=0.1", "train.warmup_epochs=0.5", "run.dir=2024", "finetune.alpha=[1, 0.5]"])
     assert cfg.train.lr == 0.1 and cfg.train.warmup_epochs == 0.5 and cfg.finetune.alpha == [1, 0.5]
     assert cfg.run.dir == "2024"  # a number given for a text key is that text
+
+
+def test_did_you_mean_names_the_closest_choices_or_the_fallback():
+    from pointdr2.hints import did_you_mean
+
+    assert did_you_mean("epoch", ["epochs", "lr", "seed"], prefix="train.") == "; did you mean train.epochs?"
+    assert did_you_mean("zzz", ["epochs", "lr"], otherwise="; known: epochs, lr") == "; known: epochs, lr"
+    assert did_you_mean("modelnet41", ["modelnet40", "s3dis"], cutoff=0.4) == "; did you mean modelnet40?"

@@ -12,7 +12,7 @@ import torch
 from pointdr2 import progress
 from pointdr2.data.synthetic import write_layout
 from pointdr2.engine.evaluator import evaluate
-from pointdr2.models.pointnext import predict_room
+from pointdr2.engine.rooms import predict_room
 
 ROOT = Path(__file__).resolve().parents[1]
 

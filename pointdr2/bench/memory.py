@@ -48,7 +48,6 @@ that glibc returns every freed block of 64 KiB or more to the OS and RSS follows
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib
 import json
@@ -58,6 +57,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,33 +111,25 @@ def model_for_mode(net, mode: str, alpha: float, beta: float, case: str, finetun
 SCHEDULE_POINTS = {"start": (1.0, 0.1), "middle": (0.5, 0.55), "end": (0.0, 1.0)}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="stack", choices=sorted(set(CASE_MODULES) - {"config"}), help="case to measure")
-    p.add_argument("--modes", default="conventional,checkpoint,dr2net", help="comma list of " + "|".join(MODES))
-    p.add_argument("--depths", default=None, help="comma list of depths (stack default 6,12,24; models: their own)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--points", type=int, default=None, help="points per sample (stack: tokens, default 65)")
-    p.add_argument("--alpha", type=float, default=0.0, help="alpha of the dr2net/checkpoint rows")
-    p.add_argument("--beta", type=float, default=1.0, help="beta of the dr2net/checkpoint rows")
-    p.add_argument(
-        "--auto", default="start,middle,end",
-        help="schedule points (start|middle|end) for dr2net-auto rows at --auto-depth; 'none' to skip",
-    )
-    p.add_argument("--auto-depth", type=int, default=None, help="depth of the auto rows (stack default 12)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration (median reported)")
-    p.add_argument("--measure", default="saved,peak,time",
-                   help="comma list of saved|peak|time (saved alone runs one forward per configuration: "
-                        "large crops in minutes)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads in each worker")
-    p.add_argument("--quick", action="store_true", help="CI smoke run: tiny sizes, 2 steps")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+@dataclass(frozen=True)
+class Options:
+    """What ``pointdr2 bench memory`` (and ``bench speed``) measures (its command-line options)."""
 
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """Raise ValueError for options ``run`` would refuse, without measuring (``scripts/gpu_check.sh --dry-run``)."""
-    _configs(args)
+    model: str = "stack"  # case to measure (a key of CASE_MODULES other than "config")
+    modes: str = "conventional,checkpoint,dr2net"  # comma list of MODES
+    depths: str | None = None  # comma list of depths (stack default 6,12,24; models: their own)
+    batch: int = 32
+    points: int | None = None  # points per sample (stack: tokens, default 65)
+    alpha: float = 0.0  # alpha of the dr2net/checkpoint rows
+    beta: float = 1.0  # beta of the dr2net/checkpoint rows
+    auto: str = "start,middle,end"  # schedule points of the dr2net-auto rows at auto_depth; "none" to skip
+    auto_depth: int | None = None  # depth of the auto rows (stack default 12)
+    steps: int = 5  # timed steps per configuration (median reported)
+    measure: str = "saved,peak,time"  # comma list of MEASURES
+    device: str = "auto"  # cpu | cuda | auto
+    threads: int | None = None  # torch intra-op threads in each worker
+    quick: bool = False  # CI smoke run: tiny sizes, 2 steps
+    timeout: float = 1800  # seconds per configuration
 
 
 def _csv(value: str, name: str, cast=str) -> list:
@@ -150,7 +142,11 @@ def _csv(value: str, name: str, cast=str) -> list:
     return items
 
 
-def _configs(args: argparse.Namespace) -> list[dict[str, Any]]:
+def row_configs(args: Options) -> list[dict[str, Any]]:
+    """One worker configuration per row :func:`measure` runs; ValueError for options it would refuse."""
+    if args.model not in CASE_MODULES or args.model == "config":
+        raise ValueError(f"--model: unknown case {args.model!r}; expected one of "
+                         f"{', '.join(sorted(set(CASE_MODULES) - {'config'}))}")
     modes = _csv(args.modes, "modes")
     for m in modes:
         if m not in MODES:
@@ -384,26 +380,28 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def run(args: argparse.Namespace) -> int:
-    rows = _configs(args)
+def measure(args: Options, progress: bool = True) -> list[dict[str, Any]]:
+    """Every row of :func:`row_configs`, each in a fresh worker process; a failed row holds ``"error"``."""
+    rows = row_configs(args)
     results = []
-    for cfg in progress_bar(rows, desc="bench memory", unit="config"):
+    for cfg in progress_bar(rows, desc="bench memory", unit="config", enabled=progress):
         res = _run_one(cfg, args.timeout)
         if "error" in res:
             log.warning("%s depth %s failed: %s", cfg["label"], _depth(cfg), res["error"])
         results.append(res)
+    return results
+
+
+def format_report(results: list[dict[str, Any]], args: Options) -> str:
+    """The table of :func:`measure`'s rows, what was measured above it and where each peak was set below it."""
+    rows = row_configs(args)
     first = next((r for r in results if "error" not in r), None)
     device = first["device"] if first else args.device
     peak_kind = "CUDA max_memory_allocated" if device.startswith("cuda") else "peak RSS"
-    print(f"bench memory: model={args.model} batch={rows[0]['batch']} points={rows[0]['points']} "
-          f"device={device} (peak = {peak_kind} above the post-warm-up baseline)")
-    print(format_table(results))
-    for r in results:
-        if r.get("peak_at"):
-            print(f"peak of {r['label']} (depth {_depth(r)}): {r['peak_at']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 1 if any("error" in r for r in results) else 0
+    lines = [f"bench memory: model={args.model} batch={rows[0]['batch']} points={rows[0]['points']} "
+             f"device={device} (peak = {peak_kind} above the post-warm-up baseline)", format_table(results)]
+    lines += [f"peak of {r['label']} (depth {_depth(r)}): {r['peak_at']}" for r in results if r.get("peak_at")]
+    return "\n".join(lines)
 
 
 def _worker_main(argv: list[str]) -> int:

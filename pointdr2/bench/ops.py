@@ -20,8 +20,6 @@ Every case runs on one thread and again on all of torch's threads (``--threads``
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import platform
@@ -32,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from pointdr2 import ops
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,6 @@ INPUTS = {"room": room_crop, "planes": room_planes, "clusters": clusters, "unifo
 
 
 def _fps_case(kind: str, b: int, n: int, m: int, heavy: bool = False, h: int = 7) -> Case:
-    from pointdr2 import ops
-
     xyz = INPUTS[kind](b, n)
     return Case("furthest_point_sample", f"{kind} {b}x{n:,}->{m:,}", {"xyz": xyz, "npoint": m, "h": h},
                 lambda a: ops.furthest_point_sample(a["xyz"], a["npoint"]),
@@ -120,8 +118,6 @@ def _fps_case(kind: str, b: int, n: int, m: int, heavy: bool = False, h: int = 7
 
 
 def _cases(quick: bool) -> list[Case]:
-    from pointdr2 import ops
-
     if quick:
         fps_sizes, fps_large = (2, 2000, 500), [(1, 20000, 200)]
         ball, knn_big, tnn = (2, 500, 5000), (2, 500, 5000), (2, 2000, 500)
@@ -282,14 +278,14 @@ def _median_ms(fn: Callable[[], object], repeat: int) -> tuple[float, float, obj
     return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3, out
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (median reported)")
-    parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke test)")
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    parser.add_argument("--backends", default=None,
-                        help="comma-separated subset of the available CPU backends (default: all)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: each case on one thread and on all of torch's threads)")
+@dataclass(frozen=True)
+class Options:
+    """What ``pointdr2 bench ops`` measures (its command-line options)."""
+
+    repeat: int = 5  # timed runs per measurement (median reported)
+    quick: bool = False  # small sizes (CI smoke test)
+    backends: str | None = None  # comma-separated subset of the available CPU backends (default: all)
+    threads: int | None = None  # torch CPU threads (default: each case on one thread and on all of torch's)
 
 
 def _thread_counts(requested: int | None) -> list[int]:
@@ -301,9 +297,9 @@ def _thread_counts(requested: int | None) -> list[int]:
     return [1] if every == 1 else [1, every]
 
 
-def run(args: argparse.Namespace) -> int:
-    from pointdr2 import ops
-
+def measure(args: Options) -> dict:
+    """Every case on every backend and thread count: ``{"anchor", "fps_anchor", "machine", "threads", "repeat",
+    "rows"}``."""
     if args.repeat < 1:
         raise ValueError(f"--repeat must be >= 1; got {args.repeat}")
     thread_counts = _thread_counts(args.threads)
@@ -359,22 +355,28 @@ def run(args: argparse.Namespace) -> int:
     anchor_text = (anchor_name if ml3d is not None else
                    f"cpp backend for time, NumPy float64 brute force for indices ({anchor_name})")
     fps_text = "fpsample (bucket_fps_kdline_sampling)" if fpsample is not None else "fpsample not installed"
-    if args.json:
-        print(json.dumps({"anchor": anchor_text if ml3d is not None else
-                          f"cpp for time, NumPy float64 brute force for indices ({anchor_name})",
-                          "fps_anchor": fps_text, "machine": machine_description(),
-                          "threads": thread_counts, "rows": rows}, indent=1))
-        return 0
-    lines = [f"machine: {machine_description()}",
-             f"anchor: {anchor_text}; FPS anchor: {fps_text}; CPU threads: "
-             f"{', '.join(map(str, thread_counts))}; median of {args.repeat}", "",
+    return {"anchor": anchor_text, "anchor_is_compiled": ml3d is not None, "fps_anchor": fps_text,
+            "machine": machine_description(), "threads": thread_counts, "repeat": args.repeat, "rows": rows}
+
+
+def as_json(result: dict) -> dict:
+    """The JSON object ``--json`` prints (the anchor line as it always read)."""
+    anchor = result["anchor"] if result["anchor_is_compiled"] else result["anchor"].replace("cpp backend for", "cpp for")
+    return {"anchor": anchor, "fps_anchor": result["fps_anchor"], "machine": result["machine"],
+            "threads": result["threads"], "rows": result["rows"]}
+
+
+def format_table(result: dict) -> str:
+    """The markdown table of :func:`measure`'s result, with the machine, anchors and thread counts above it."""
+    lines = [f"machine: {result['machine']}",
+             f"anchor: {result['anchor']}; FPS anchor: {result['fps_anchor']}; CPU threads: "
+             f"{', '.join(map(str, result['threads']))}; median of {result['repeat']}", "",
              "| op | case | threads | backend | median ms | CPU ms | x anchor | x fpsample | same indices as anchor |",
              "|---|---|---:|---|---:|---:|---:|---:|---|"]
-    for r in rows:
+    for r in result["rows"]:
         ratio = "-" if r["x_anchor"] is None else f"{r['x_anchor']:.2f}"
         fps_ratio = "-" if r["x_fpsample"] is None else f"{r['x_fpsample']:.2f}"
         same = "-" if r["matches_anchor"] is None else ("yes" if r["matches_anchor"] else "no")
         lines.append(f"| {r['op']} | {r['case']} | {r['threads']} | {r['backend']} | {r['median_ms']:.2f} | "
                      f"{r['cpu_ms']:.0f} | {ratio} | {fps_ratio} | {same} |")
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)

@@ -19,12 +19,12 @@ batches 2 and 4) and PointNeXt-L (``s3dis/pointnext-l.yaml``, S3DIS-like crops o
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +51,21 @@ QUICK_CASES = [
 ]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="CI smoke run: tiny models, one row per mode")
-    p.add_argument("--short", action="store_true",
-                   help="only the largest batch size and point count of each case (scripts/gpu_check.sh)")
-    p.add_argument("--batches", default=None, metavar="B,B,...", help="batch sizes measured (default: each case's)")
-    p.add_argument("--points", default=None, metavar="N,N,...", help="point counts measured (default: each case's)")
-    p.add_argument("--cases", default=None, help="comma list of case names (default: all of the run)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (the plan and the measurement use it)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads in every process (default 1)")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per process")
+@dataclass(frozen=True)
+class Options:
+    """What ``pointdr2 bench plan`` measures (its command-line options)."""
+
+    quick: bool = False  # CI smoke run: tiny models, one row per mode
+    short: bool = False  # only the largest batch size and point count of each case (scripts/gpu_check.sh)
+    batches: list[int] | None = None  # batch sizes measured (default: each case's)
+    points: list[int] | None = None  # point counts measured (default: each case's)
+    cases: list[str] | None = None  # case names (default: all of the run)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (the plan and the measurement use it)
+    threads: int = 1  # torch threads in every process
+    timeout: float = 1800  # seconds per process
 
 
-def _plan_json(case: dict, points: int, args: argparse.Namespace) -> dict:
+def _plan_json(case: dict, points: int, args: Options) -> dict:
     """The plan of ``case`` at ``points`` points, from the ``pointdr2 plan --json`` command itself."""
     cmd = [sys.executable, "-m", "pointdr2", "plan", case["config"], *case["overrides"], "--json",
            "--points", str(points), "--batch-sizes", ",".join(map(str, case["batches"])),
@@ -98,7 +99,7 @@ def _rel(pred: float | None, meas: float | None) -> float | None:
     return pred / meas - 1.0
 
 
-def rows_for(case: dict, args: argparse.Namespace) -> list[dict[str, Any]]:
+def rows_for(case: dict, args: Options) -> list[dict[str, Any]]:
     out = []
     for n in case["points"]:
         plan = _plan_json(case, n, args)
@@ -138,21 +139,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def check_arguments(args: argparse.Namespace) -> list[dict]:
-    """The cases ``run`` measures; ValueError for bad options (``scripts/gpu_check.sh --dry-run`` calls it)."""
+def cases_of(args: Options) -> list[dict]:
+    """The cases :func:`measure` runs; ValueError for bad options (``scripts/gpu_check.sh --dry-run`` checks them)."""
     cases = QUICK_CASES if args.quick else CASES
     if args.cases:
-        names = [c.strip() for c in args.cases.split(",") if c.strip()]
         known = {c["name"] for c in cases}
-        unknown = [n for n in names if n not in known]
+        unknown = [n for n in args.cases if n not in known]
         if unknown:
             raise ValueError(f"--cases: unknown {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
-        cases = [c for c in cases if c["name"] in names]
-    from pointdr2.engine.commands import parse_int_list
-
-    batches = parse_int_list(args.batches, "--batches")
-    points = parse_int_list(args.points, "--points")
-    cases = [{**c, "batches": batches or c["batches"], "points": points or c["points"]} for c in cases]
+        cases = [c for c in cases if c["name"] in args.cases]
+    cases = [{**c, "batches": args.batches or c["batches"], "points": args.points or c["points"]} for c in cases]
     if args.short:
         cases = [{**c, "batches": [max(c["batches"])], "points": [max(c["points"])]} for c in cases]
     if args.threads is not None and args.threads < 1:
@@ -162,12 +158,12 @@ def check_arguments(args: argparse.Namespace) -> list[dict]:
     return cases
 
 
-def run(args: argparse.Namespace) -> int:
-    cases = check_arguments(args)
+def measure(args: Options, progress: bool = True) -> list[dict[str, Any]]:
+    """Every case's plan rows, each measured in a fresh process; a failed row holds ``"error"``."""
     rows = []
-    for case in cases:
+    for case in cases_of(args):
         rows += rows_for(case, args)
-    for r in progress_bar(rows, desc="bench plan", unit="config"):
+    for r in progress_bar(rows, desc="bench plan", unit="config", enabled=progress):
         res = _run_one(r["worker"], args.timeout)
         if "error" in res:
             r["error"] = res["error"]
@@ -175,18 +171,21 @@ def run(args: argparse.Namespace) -> int:
             continue
         r.update(saved_bytes=res["saved_bytes"], peak_bytes=res["peak_bytes"], ran_k=res.get("cache_every"),
                  saved_err=_rel(r["pred_saved"], res["saved_bytes"]), peak_err=_rel(r["pred_peak"], res["peak_bytes"]))
+    return rows
+
+
+def format_report(rows: list[dict[str, Any]], args: Options) -> str:
+    """The table of :func:`measure`'s rows and the worst errors against the targets."""
     device = next((r["worker"]["device"] for r in rows), args.device)
-    print(f"bench plan: predicted (pointdr2 plan --json) vs measured (bench memory harness, fresh process per row), "
-          f"device {device}; MiB per process; peak = saved + transient above weights, gradients and optimizer state")
-    print(format_table(rows))
+    lines = [f"bench plan: predicted (pointdr2 plan --json) vs measured (bench memory harness, fresh process per "
+             f"row), device {device}; MiB per process; peak = saved + transient above weights, gradients and "
+             "optimizer state", format_table(rows)]
     ok = [r for r in rows if "error" not in r]
     worst_s = max((abs(r["saved_err"]) for r in ok if r["saved_err"] is not None), default=None)
     worst_p = max((abs(r["peak_err"]) for r in ok if r["peak_err"] is not None), default=None)
     if worst_s is not None:
-        print(f"worst |error|: saved {100 * worst_s:.1f}% (target {100 * SAVED_TARGET:.0f}%: "
-              f"{'met' if worst_s <= SAVED_TARGET else 'MISSED'})" + (
-                  "" if worst_p is None else f", peak {100 * worst_p:.1f}% (target {100 * PEAK_TARGET:.0f}%: "
-                                             f"{'met' if worst_p <= PEAK_TARGET else 'MISSED'})"))
-    if args.json:
-        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "worker"} for r in rows], indent=2))
-    return 1 if len(ok) < len(rows) else 0
+        lines.append(f"worst |error|: saved {100 * worst_s:.1f}% (target {100 * SAVED_TARGET:.0f}%: "
+                     f"{'met' if worst_s <= SAVED_TARGET else 'MISSED'})" + (
+                         "" if worst_p is None else f", peak {100 * worst_p:.1f}% (target {100 * PEAK_TARGET:.0f}%: "
+                                                    f"{'met' if worst_p <= PEAK_TARGET else 'MISSED'})"))
+    return "\n".join(lines)

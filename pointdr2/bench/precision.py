@@ -8,10 +8,8 @@ position embedding together), the measured reconstruction error of the input, th
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,20 +21,22 @@ from pointdr2.reversible import PrecisionGuard, reconstruction_growth
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--alphas", default="1,0.5,0.2,0", help="comma list of alpha values")
-    p.add_argument("--betas", default="0.1,0.5,0.7,1", help="comma list of beta values")
-    p.add_argument("--depth", type=int, default=12, help="ViT blocks (2 sub-blocks each)")
-    p.add_argument("--dim", type=int, default=384)
-    p.add_argument("--heads", type=int, default=6)
-    p.add_argument("--tokens", type=int, default=65)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    p.add_argument("--tolerance", type=float, default=1e-4, help="auto mode's tolerance")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="CI smoke run: depth 2, dim 64, the grid's corners")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+@dataclass(frozen=True)
+class Options:
+    """What ``pointdr2 bench precision`` measures (its command-line options)."""
+
+    alphas: str = "1,0.5,0.2,0"  # comma list of alpha values
+    betas: str = "0.1,0.5,0.7,1"  # comma list of beta values
+    depth: int = 12  # ViT blocks (2 sub-blocks each)
+    dim: int = 384
+    heads: int = 6
+    tokens: int = 65
+    batch: int = 4
+    dtype: str = "float32"  # one of DTYPES
+    tolerance: float = 1e-4  # auto mode's tolerance
+    device: str = "cpu"
+    seed: int = 0
+    quick: bool = False  # CI smoke run: depth 2, dim 64, the grid's corners
 
 
 def _floats(value: str, name: str) -> list[float]:
@@ -62,7 +62,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
 
-def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+def measure(args: Options) -> list[dict[str, Any]]:
     alphas, betas = _floats(args.alphas, "alphas"), _floats(args.betas, "betas")
     depth, dim, heads, tokens, batch = args.depth, args.dim, args.heads, args.tokens, args.batch
     if args.quick:
@@ -110,18 +110,16 @@ def _e(v: float | None) -> str:
     return "-" if v is None else f"{v:.1e}"
 
 
-def run(args: argparse.Namespace) -> int:
-    rows = measure(args)
+def format_table(rows: list[dict[str, Any]], args: Options) -> str:
+    """:func:`measure`'s rows as a table, with what was measured above it."""
     depth = 2 if args.quick else args.depth
-    print(f"bench precision: {2 * depth} sub-blocks, dtype {args.dtype}; errors relative (L2), "
-          f"gradients of all parameters + tokens + position embedding; auto tolerance {args.tolerance:g}")
     head = (f"{'alpha':>5} {'beta':>5} {'growth':>7} {'growth^N*eps':>12} {'rec.err':>8} {'grad.err':>8} "
             f"{'auto k':>6} {'auto grad.err':>13}")
-    print(head)
-    print("-" * len(head))
+    lines = [f"bench precision: {2 * depth} sub-blocks, dtype {args.dtype}; errors relative (L2), "
+             f"gradients of all parameters + tokens + position embedding; auto tolerance {args.tolerance:g}",
+             head, "-" * len(head)]
     for r in rows:
-        print(f"{r['alpha']:>5.2f} {r['beta']:>5.2f} {r['growth']:>7.2f} {_e(r['predicted']):>12} "
-              f"{_e(r['rec_error']):>8} {_e(r['grad_error']):>8} {r['auto_k']!s:>6} {_e(r['auto_grad_error']):>13}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    return 0
+        lines.append(f"{r['alpha']:>5.2f} {r['beta']:>5.2f} {r['growth']:>7.2f} {_e(r['predicted']):>12} "
+                     f"{_e(r['rec_error']):>8} {_e(r['grad_error']):>8} {r['auto_k']!s:>6} "
+                     f"{_e(r['auto_grad_error']):>13}")
+    return "\n".join(lines)

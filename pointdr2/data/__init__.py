@@ -27,7 +27,6 @@ does not apply.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -45,6 +44,7 @@ from pointdr2.data.s3dis import S3DIS, S3DISRoom, S3DISWholeRoom, scatter_predic
 from pointdr2.data.scanobjectnn import ScanObjectNN
 from pointdr2.data.shapenetpart import ShapeNetPart
 from pointdr2.data.transforms import build_transforms
+from pointdr2.hints import did_you_mean
 
 __all__ = [
     "DATASETS", "MODELNET40_CLASSES", "S3DIS_CLASSES", "S3DIS_COLORS", "SCANOBJECTNN_CLASSES",
@@ -118,17 +118,14 @@ def build_dataset(cfg_dataset: Mapping, split: str, val_fraction: float = 0.1, s
     val_fraction = check_fraction(val_fraction)
     name = cfg_dataset.get("name")
     if name not in DATASETS:
-        close = difflib.get_close_matches(str(name), list(DATASETS), n=3, cutoff=0.4)
-        hint = f" (closest: {', '.join(close)})" if close else ""
+        hint = did_you_mean(name, DATASETS, cutoff=0.4)
         raise ValueError(f"dataset.name must be one of {', '.join(sorted(DATASETS))}, got {name!r}{hint}")
     builder, keys = DATASETS[name]
     allowed = COMMON_KEYS + keys
     for key in cfg_dataset:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=3, cutoff=0.5)
-            hint = f"closest known keys: {', '.join('dataset.' + c for c in close)}" if close else \
-                f"known keys for {name}: {', '.join(allowed)}"
-            raise ValueError(f"unknown config key 'dataset.{key}' for dataset {name}; {hint}")
+            hint = did_you_mean(key, allowed, prefix="dataset.", otherwise=f"; known keys for {name}: {', '.join(allowed)}")
+            raise ValueError(f"unknown config key 'dataset.{key}' for dataset {name}{hint}")
     opts = {k: v for k, v in cfg_dataset.items() if k not in ("name", "transforms")}
     opts.setdefault("root", f"data/{name}")
     opts["transforms"] = _transforms_for(cfg_dataset.get("transforms"), split)

@@ -5,26 +5,32 @@ preparation time per layout, measured in one run on synthetic data in a temporar
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from pointdr2.data import build_dataset
+from pointdr2.data.prepare.modelnet40 import write_fps_cache
+from pointdr2.data.prepare.s3dis import convert_s3dis
+from pointdr2.data.synthetic import LAYOUTS, write_layout
 
 log = logging.getLogger(__name__)
 
 BERT_TRAIN = [{"name": "fps_subsample", "npoints": 1200, "keep": 1024}, {"name": "scale_translate"}]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", default=None, help="existing synthetic/real data root (default: write demo data)")
-    parser.add_argument("--size", default="demo", help="synthetic size when writing data (test | demo | small)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader num_workers")
-    parser.add_argument("--batches", type=int, default=8, help="timed batches per loader (after one warm-up batch)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+@dataclass(frozen=True)
+class Options:
+    """What ``pointdr2 bench data`` measures (its command-line options)."""
+
+    root: str | None = None  # existing synthetic/real data root (default: write demo data to a temporary folder)
+    size: str = "demo"  # synthetic size when writing data (test | demo | small)
+    workers: int = 2  # DataLoader num_workers
+    batches: int = 8  # timed batches per loader (after one warm-up batch)
 
 
 def _loader_rate(dataset, batch_size: int, workers: int, batches: int) -> tuple[float, int]:
@@ -43,12 +49,8 @@ def _loader_rate(dataset, batch_size: int, workers: int, batches: int) -> tuple[
     return (count / seconds if seconds > 0 else float("nan")), count
 
 
-def run(args: argparse.Namespace) -> int:
-    from pointdr2.data import build_dataset
-    from pointdr2.data.prepare.modelnet40 import write_fps_cache
-    from pointdr2.data.prepare.s3dis import convert_s3dis
-    from pointdr2.data.synthetic import LAYOUTS, write_layout
-
+def measure(args: Options) -> dict:
+    """``{"prepare_seconds": {what: s}, "samples_per_second": {loader: rate}, "workers": n}``."""
     result: dict = {"prepare_seconds": {}, "samples_per_second": {}, "workers": args.workers}
     with tempfile.TemporaryDirectory(prefix="pointdr2_bench_data_") as tmp:
         root = Path(args.root) if args.root else Path(tmp)
@@ -94,13 +96,13 @@ def run(args: argparse.Namespace) -> int:
                 points += len(p["index"])
         seconds = time.perf_counter() - start
         result["samples_per_second"]["s3dis whole-room test passes (main process)"] = round(passes / seconds, 1)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"loader throughput, DataLoader num_workers={args.workers}")
-    for name, rate in result["samples_per_second"].items():
-        print(f"  {name:<58} {rate:>9.1f} samples/s")
-    print("preparation")
-    for name, seconds in result["prepare_seconds"].items():
-        print(f"  {name:<58} {seconds:>9.2f} s")
-    return 0
+    return result
+
+
+def format_report(result: dict) -> str:
+    """:func:`measure`'s result as two aligned lists."""
+    lines = [f"loader throughput, DataLoader num_workers={result['workers']}"]
+    lines += [f"  {name:<58} {rate:>9.1f} samples/s" for name, rate in result["samples_per_second"].items()]
+    lines.append("preparation")
+    lines += [f"  {name:<58} {seconds:>9.2f} s" for name, seconds in result["prepare_seconds"].items()]
+    return "\n".join(lines)

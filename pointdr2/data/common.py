@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,27 @@ def split_indices(n_train_items: int, groups: np.ndarray, split: str, val_fracti
                              "(train.val_fraction) or train.select_on=test")
         return np.flatnonzero(val)
     return np.flatnonzero(~val)
+
+
+class AugmentedDataset(Dataset):
+    """A dataset whose augmentation draws come from :func:`item_rng` over the items fetched so far.
+
+    :meth:`set_epoch` positions that stream (the trainer calls it at every epoch start, and at the batch a
+    resumed run continues from), so an interrupted and resumed run draws exactly what an uninterrupted
+    one draws. Subclasses take one generator per ``__getitem__`` from :meth:`next_rng`.
+    """
+
+    epoch: int = 0
+    fetched: int = 0  # items fetched by this process since the last set_epoch
+
+    def set_epoch(self, epoch: int, fetched: int = 0) -> None:
+        """Start epoch ``epoch`` with ``fetched`` of its items already fetched (0 at an epoch's start)."""
+        self.epoch, self.fetched = int(epoch), int(fetched)
+
+    def next_rng(self, index: int) -> np.random.Generator:
+        """The generator of the next fetch of item ``index``."""
+        self.fetched += 1
+        return item_rng(index, self.fetched)
 
 
 def item_rng(index: int, calls: int) -> np.random.Generator:

@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from pointdr2.data.classes import MODELNET40_CLASSES
 from pointdr2.data.common import (
+    AugmentedDataset,
     check_finite,
     check_labels,
     check_split,
-    item_rng,
     missing_root_error,
     normalize_unit_sphere,
     split_indices,
@@ -119,7 +118,7 @@ def load_cache(path: Path, expected_items: int) -> tuple[list[np.ndarray], np.nd
     return points, labels
 
 
-class ModelNet40(Dataset):
+class ModelNet40(AugmentedDataset):
     """ModelNet40 classification (see the module docstring for layouts and sample format)."""
 
     def __init__(self, root: str | Path, split: str = "train", num_points: int = 1024, use_normals: bool = False,
@@ -134,7 +133,6 @@ class ModelNet40(Dataset):
         self.use_normals, self.normalize, self.sampling = bool(use_normals), bool(normalize), sampling
         self.layout, self.root = detect_layout(root, layout)
         self.transform = build_transforms(default_transforms("modelnet40", split) if transforms is None else transforms)
-        self._calls = 0
         file_split = "test" if split == "test" else "train"
         if self.layout == "txt":
             self._init_txt(file_split, use_cache)
@@ -254,13 +252,12 @@ class ModelNet40(Dataset):
         return pts[: self.num_points]
 
     def __getitem__(self, i: int) -> dict:
-        self._calls += 1
         pts = self.raw_points(i)
         if self.normalize:
             pts = normalize_unit_sphere(pts)
         if not self.use_normals:
             pts = pts[:, :3]
         sample = {"points": np.ascontiguousarray(pts, dtype=np.float32), "label": self.labels[self.indices[i]]}
-        sample = self.transform(sample, item_rng(i, self._calls))
+        sample = self.transform(sample, self.next_rng(i))
         return {"points": torch.from_numpy(np.ascontiguousarray(sample["points"], dtype=np.float32)),
                 "label": torch.tensor(int(sample["label"]), dtype=torch.int64)}

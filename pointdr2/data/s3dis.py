@@ -31,10 +31,10 @@ from torch.utils.data import Dataset
 
 from pointdr2.data.classes import S3DIS_CLASSES, S3DIS_COLORS
 from pointdr2.data.common import (
+    AugmentedDataset,
     carve_validation,
     check_finite,
     check_split,
-    item_rng,
     missing_root_error,
 )
 from pointdr2.data.transforms import build_transforms, default_transforms
@@ -175,7 +175,7 @@ def _choose_rooms(root: str | Path, split: str, test_area: int, val_fraction: fl
     return [r for r, v in zip(train, val) if not v]
 
 
-class S3DIS(Dataset):
+class S3DIS(AugmentedDataset):
     """Training crops of S3DIS rooms (see the module docstring)."""
 
     def __init__(self, root: str | Path, split: str = "train", test_area: int = 5, voxel_size: float = 0.04,
@@ -198,15 +198,13 @@ class S3DIS(Dataset):
         self.num_classes = len(self.class_names)
         self.colors = _class_colors(self.num_classes)
         self.transform = build_transforms(default_transforms("s3dis", split) if transforms is None else transforms)
-        self._calls = 0
         log.info("S3DIS train: %d rooms (test area %d excluded) x loop %d", len(self.rooms), self.test_area, self.loop)
 
     def __len__(self) -> int:
         return len(self.rooms) * self.loop
 
     def __getitem__(self, i: int) -> dict:
-        self._calls += 1
-        rng = item_rng(i, self._calls)
+        rng = self.next_rng(i)
         room = load_room(self.rooms[i % len(self.rooms)][1])
         xyz = room[:, :3]
         idx = voxel_subsample(xyz, self.voxel_size, rng) if self.voxel_size else np.arange(len(xyz))

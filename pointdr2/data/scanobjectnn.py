@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from pointdr2.data.classes import SCANOBJECTNN_CLASSES
 from pointdr2.data.common import (
+    AugmentedDataset,
     check_finite,
     check_labels,
     check_split,
-    item_rng,
     missing_root_error,
     normalize_unit_sphere,
     split_indices,
@@ -91,7 +90,7 @@ def read_h5(path: Path, need_mask: bool) -> tuple[np.ndarray, np.ndarray, np.nda
     return data, label, mask
 
 
-class ScanObjectNN(Dataset):
+class ScanObjectNN(AugmentedDataset):
     """ScanObjectNN classification (see the module docstring)."""
 
     def __init__(self, root: str | Path, split: str = "train", variant: str = "PB_T50_RS", num_points: int | None = None,
@@ -111,7 +110,6 @@ class ScanObjectNN(Dataset):
         self.num_classes = len(self.class_names)
         self.transform = build_transforms(
             default_transforms("scanobjectnn", split) if transforms is None else transforms)
-        self._calls = 0
         if split == "test":
             self.indices = np.arange(len(self.labels))
         else:
@@ -122,7 +120,6 @@ class ScanObjectNN(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
-        self._calls += 1
         j = int(self.indices[i])
         pts = self.points[j, : self.num_points]
         if self.normalize:
@@ -130,7 +127,7 @@ class ScanObjectNN(Dataset):
         sample = {"points": np.array(pts, dtype=np.float32), "label": self.labels[j]}
         if self.use_mask:
             sample["mask"] = self.masks[j, : self.num_points]
-        sample = self.transform(sample, item_rng(i, self._calls))
+        sample = self.transform(sample, self.next_rng(i))
         out = {"points": torch.from_numpy(np.ascontiguousarray(sample["points"], dtype=np.float32)),
                "label": torch.tensor(int(sample["label"]), dtype=torch.int64)}
         if self.use_mask:

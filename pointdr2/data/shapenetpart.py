@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from pointdr2.data.classes import (
     SHAPENETPART_CATEGORIES,
@@ -47,7 +46,13 @@ from pointdr2.data.classes import (
     SHAPENETPART_PARTS,
     SHAPENETPART_SYNSETS,
 )
-from pointdr2.data.common import check_finite, check_split, item_rng, missing_root_error, normalize_unit_sphere
+from pointdr2.data.common import (
+    AugmentedDataset,
+    check_finite,
+    check_split,
+    missing_root_error,
+    normalize_unit_sphere,
+)
 from pointdr2.data.transforms import build_transforms, default_transforms, furthest_point_indices
 
 log = logging.getLogger(__name__)
@@ -214,7 +219,7 @@ def load_cache(root: Path, split: str, shapes: Sequence[Shape]) -> tuple[np.ndar
 
 
 # ---------------------------------------------------------------------------- the dataset
-class ShapeNetPart(Dataset):
+class ShapeNetPart(AugmentedDataset):
     """ShapeNetPart part segmentation (layout, checks and sample format in the module docstring).
 
     Attributes: ``num_classes`` (50 parts), ``class_names`` (``"<Category>_<k>"``), ``category_names`` (16),
@@ -262,7 +267,6 @@ class ShapeNetPart(Dataset):
         self.categories = np.asarray([s.category for s in self.shapes], dtype=np.int64)
         self.transform = build_transforms(default_transforms("shapenetpart", split) if transforms is None
                                           else transforms)
-        self._calls = 0
         log.info("ShapeNetPart %s (%s%s): %d shapes, %d categories", split, self.root,
                  ", cached" if self._cache else "", len(self.shapes),
                  len(np.unique(self.categories)))
@@ -298,8 +302,9 @@ class ShapeNetPart(Dataset):
         return np.sort(rng.choice(n, size=self.num_points, replace=False)).astype(np.int64)
 
     def __getitem__(self, i: int) -> dict:
-        self._calls += 1
-        rng = item_rng(i, self._calls) if self.split == "train" else np.random.default_rng([self.seed, 50, i])
+        rng = self.next_rng(i)
+        if self.split != "train":
+            rng = np.random.default_rng([self.seed, 50, i])
         pts, labels = self.raw_shape(i)
         if self.normalize:
             pts = normalize_unit_sphere(pts)  # over the whole shape, before sampling (as pc_normalize)

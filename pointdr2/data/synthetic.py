@@ -671,7 +671,7 @@ def write_scanobjectnn(out: str | Path, size: str = "demo", seed: int = 0, worke
     else:
         parts = [_scanobjectnn_class(job) for job in jobs]
     n_cls = len(SYNTHETIC_SCANOBJECTNN_CLASSES)
-    for i, (split, file_split) in enumerate((("train", "training"), ("test", "test"))):
+    for i, (_split, file_split) in enumerate((("train", "training"), ("test", "test"))):
         chunk = parts[i * n_cls:(i + 1) * n_cls]  # classes in label order
         merged = {k: [x for c in chunk for x in c[k]] for k in SCANOBJECTNN_PARTS}
         labels = [label for label, c in enumerate(chunk) for _ in c["bg"]]

@@ -26,7 +26,6 @@ Pipelines of the codebases users know:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from pointdr2.hints import did_you_mean
 
 __all__ = ["TRANSFORMS", "Compose", "build_transforms", "default_transforms", "register_transform"]
 
@@ -355,16 +356,14 @@ def build_transforms(specs: Sequence[Mapping] | None, where: str = "dataset.tran
             raise ValueError(f"{where}[{i}] must be a mapping with a 'name' key, got {spec!r}")
         name = spec["name"]
         if name not in TRANSFORMS:
-            close = difflib.get_close_matches(str(name), list(TRANSFORMS), n=3, cutoff=0.4)
-            hint = f" (closest: {', '.join(close)})" if close else ""
+            hint = did_you_mean(name, TRANSFORMS, cutoff=0.4)
             raise ValueError(f"{where}[{i}]: unknown transform {name!r}{hint}; known: {', '.join(sorted(TRANSFORMS))}")
         cls = TRANSFORMS[name]
         params = {k: v for k, v in spec.items() if k != "name"}
         allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         for key in params:
             if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.4)
-                hint = f" (closest: {', '.join(close)})" if close else ""
+                hint = did_you_mean(key, allowed, cutoff=0.4)
                 raise ValueError(f"{where}[{i}] ({name}): unknown parameter {key!r}{hint}; "
                                  f"allowed: {', '.join(allowed) or 'none'}")
         try:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pointdr2.engine import distributed as dist_utils
 from pointdr2.engine.metrics import ConfusionMatrix, PartSegmentationMetrics
+from pointdr2.engine.rooms import predict_room
 from pointdr2.progress import bar as progress_bar
 
 __all__ = ["task_of", "forward_batch", "vote_params", "vote_logits", "partseg_vote_scales", "partseg_vote_probs",
@@ -142,7 +143,7 @@ ROOM_FORWARD_POINTS = 16384  # points per whole-room forward when crops are batc
 
 
 def default_room_predictor(max_points: int | None = None, batch: int | None = None) -> Callable:
-    """Whole-room inference through ``pointdr2.models.pointnext.predict_room``.
+    """Whole-room inference through :func:`pointdr2.engine.rooms.predict_room`.
 
     Passes larger than ``max_points`` run in crops of ``max_points`` points, ``batch`` crops per forward
     (default: about 16,384 points per forward). Each crop goes through the room's ``chunk_features``
@@ -153,8 +154,6 @@ def default_room_predictor(max_points: int | None = None, batch: int | None = No
         batch = max(1, ROOM_FORWARD_POINTS // max_points) if max_points else 1
 
     def predict(net: nn.Module, room, device: torch.device, on_points: Callable | None = None) -> torch.Tensor:
-        from pointdr2.models.pointnext import predict_room
-
         return predict_room(net, room.passes(), room.num_points, max_points=max_points, device=device,
                             on_points=on_points, batch=batch, chunk_transform=getattr(room, "chunk_features", None))
 

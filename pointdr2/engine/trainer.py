@@ -50,6 +50,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pointdr2.config import Config, dump_config
+from pointdr2.data.common import AugmentedDataset
 from pointdr2.engine import distributed as dist_utils
 from pointdr2.engine.checkpoint import (
     FORMAT,
@@ -987,14 +988,15 @@ def _load_resume_checkpoint(run_dir: Path) -> dict:
 def _rewind_dataset(dataset, epoch: int, fetched: int) -> None:
     """Make a dataset's own augmentation state depend on the epoch only (exact resume).
 
-    Datasets may expose ``set_epoch(epoch)``. pointdr2's loaders draw augmentations from
-    ``(torch.initial_seed(), items fetched so far, index)``; the trainer reseeds torch every epoch,
-    so the fetch counter is rewound to what an uninterrupted run would have fetched in this epoch.
+    pointdr2's loaders (:class:`~pointdr2.data.common.AugmentedDataset`) draw augmentations from
+    ``(torch.initial_seed(), items fetched so far, index)``; the trainer reseeds torch every epoch, so
+    ``set_epoch(epoch, fetched)`` puts the stream where an uninterrupted run would be. Other datasets
+    may expose ``set_epoch(epoch)``.
     """
-    if hasattr(dataset, "set_epoch"):
+    if isinstance(dataset, AugmentedDataset):
+        dataset.set_epoch(epoch, int(fetched))
+    elif hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
-    elif hasattr(dataset, "_calls"):
-        dataset._calls = int(fetched)
 
 
 def _room_predictor(cfg: Config):

@@ -15,7 +15,6 @@ Parameter names mirror the official checkpoints (``encoder.first_conv.0``, ``red
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pointdr2.hints import did_you_mean
 from pointdr2.models.registry import register_model
 from pointdr2.nn.heads import build_cls_head
 from pointdr2.nn.tokenizer import Group, PointPatchEncoder, check_points, recompute_tokens
@@ -82,8 +82,7 @@ def _check_model_config(cfg: Mapping) -> dict[str, Any]:
         raise ValueError(f"model config must be a mapping, got {type(cfg).__name__}")
     for key in cfg:
         if key not in MODEL_KEYS:
-            close = difflib.get_close_matches(str(key), list(MODEL_KEYS), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join('model.' + c for c in close)}?" if close else ""
+            hint = did_you_mean(key, MODEL_KEYS, prefix="model.")
             raise ValueError(f"unknown config key 'model.{key}' for the point transformer{hint}")
     s = {**MODEL_KEYS, **dict(cfg)}
     name = s["name"]

@@ -25,7 +25,6 @@ backward pass (its activations at 2,048 points outweigh the transformer's).
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
+from pointdr2.hints import did_you_mean
 from pointdr2.models.point_transformer import (
     MODEL_KEYS,
     PatchTokenizerMixin,
@@ -82,8 +82,7 @@ def check_partseg_config(cfg: Mapping) -> dict[str, Any]:
     known = {**_ENCODER_KEYS, **PARTSEG_KEYS}
     for key in cfg:
         if key not in known:
-            close = difflib.get_close_matches(str(key), list(known), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join('model.' + c for c in close)}?" if close else ""
+            hint = did_you_mean(key, known, prefix="model.")
             raise ValueError(f"unknown config key 'model.{key}' for the part-segmentation transformer{hint}")
     name = cfg.get("name", "pointmae-partseg")
     if name not in PARTSEG_NAMES:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable
+
+from pointdr2.hints import did_you_mean
 
 MODELS: dict[str, Callable] = {}
 
@@ -23,7 +24,6 @@ def register_model(*names: str) -> Callable[[Callable], Callable]:
 
 def get_builder(name: str) -> Callable:
     if name not in MODELS:
-        close = difflib.get_close_matches(str(name), list(MODELS), n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, MODELS, cutoff=0.4)
         raise ValueError(f"unknown model.name {name!r}; known: {', '.join(sorted(MODELS))}{hint}")
     return MODELS[name]

@@ -9,8 +9,7 @@ channel-first ``[B, C, N]`` of the same dtype, neighbour indices are int64 ``[B,
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -23,7 +22,6 @@ __all__ = [
     "conv_block",
     "linear_block",
     "group_offsets",
-    "isolated_running_stats",
     "LocalAggregation",
     "SetAbstraction",
     "InvResMLP",
@@ -64,29 +62,6 @@ def linear_block(in_features: int, out_features: int, *, norm: bool = True, act:
     if act:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
-
-
-@contextlib.contextmanager
-def isolated_running_stats(module: nn.Module) -> Iterator[None]:
-    """Recompute a forward without updating the BatchNorm running statistics of ``module``.
-
-    For a recomputation in backward (checkpointing, reversible reconstruction): training-mode
-    BatchNorm layers run on *copies* of their running buffers, which are dropped afterwards. The
-    real buffers are never written, so their autograd version counters stay put (an in-place
-    restore would invalidate graphs that saved them), and the recomputation saves exactly the
-    tensors the first pass saved (what ``torch.utils.checkpoint`` checks).
-    """
-    swapped = []
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
-            originals = (m.running_mean, m.running_var, m.num_batches_tracked)
-            m.running_mean, m.running_var, m.num_batches_tracked = (t.clone() for t in originals)
-            swapped.append((m, originals))
-    try:
-        yield
-    finally:
-        for m, (mean, var, count) in swapped:
-            m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
 
 
 def _max_over_neighbours(x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,15 @@ import numpy as np
 import torch
 
 from pointdr2.config import find_config
+from pointdr2.data import build_dataset
+from pointdr2.engine.inference import load_for_eval
+from pointdr2.engine.memory import SavedTensorMeter
+from pointdr2.engine.trainer import build_network
+from pointdr2.models import build_model, load_pretrained
+from pointdr2.study.data import generate
 from pointdr2.study.runs import RunSpec, execute, read_run
 
-__all__ = ["DemoOptions", "run_demo", "SETTINGS"]
+__all__ = ["DemoOptions", "run_demo", "summary_text", "SETTINGS"]
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +86,6 @@ def _specs(out: Path, s: DemoSettings) -> tuple[RunSpec, dict[str, RunSpec]]:
 
 def measure_step(cfg, encoder: Path, mode: str, coefficients: tuple[float, float], steps: int) -> dict[str, Any]:
     """Activation bytes of one training step and its time (median of ``steps`` after a warm-up step)."""
-    from pointdr2.data import build_dataset
-    from pointdr2.engine.memory import SavedTensorMeter
-    from pointdr2.engine.trainer import build_network
-    from pointdr2.models import build_model, load_pretrained
-
     torch.manual_seed(0)
     dataset = build_dataset(cfg.dataset, "train", val_fraction=float(cfg.train.val_fraction), seed=0)
     batch = torch.utils.data.default_collate([dataset[i] for i in range(int(cfg.train.batch_size))])
@@ -105,11 +107,10 @@ def measure_step(cfg, encoder: Path, mode: str, coefficients: tuple[float, float
     return {"activation_bytes": int(saved), "step_seconds": float(np.median(times)), "cache_every": k[0] if k else None}
 
 
-def render_predictions(cfg, run_dir: Path, out_png: Path, count: int) -> dict[str, Any]:
-    """A labelled grid of ``count`` test clouds (every len/count-th), titled predicted / true."""
-    from pointdr2.engine.commands import load_for_eval
-    from pointdr2.viz.figures import classification_grid
-
+def render_predictions(cfg, run_dir: Path, out_png: Path, count: int, draw: Callable[..., Any]) -> dict[str, Any]:
+    """A labelled grid of ``count`` test clouds (every len/count-th), titled predicted / true, drawn by
+    ``draw(out_png, tiles, up_axis=..., title=...)`` (the command layer passes
+    :func:`pointdr2.viz.figures.classification_grid`)."""
     dataset, _, net, _, device = load_for_eval(cfg, run_dir / "best.pth", "test")
     names = list(getattr(dataset, "class_names", [str(i) for i in range(int(dataset.num_classes))]))
     step = max(len(dataset) // count, 1)
@@ -119,7 +120,7 @@ def render_predictions(cfg, run_dir: Path, out_png: Path, count: int) -> dict[st
             sample = dataset[i]
             pred = int(net(sample["points"].unsqueeze(0).to(device)).argmax(dim=1))
             tiles.append({"xyz": sample["points"][:, :3].numpy(), "pred": names[pred], "true": names[int(sample["label"])]})
-    classification_grid(out_png, tiles, up_axis=1, title="pointdr2 demo: the Dr²Net-finetuned model on test objects")
+    draw(out_png, tiles, up_axis=1, title="pointdr2 demo: the Dr²Net-finetuned model on test objects")
     return {"rendered": len(tiles), "correct": sum(t["pred"] == t["true"] for t in tiles), "png": str(out_png)}
 
 
@@ -129,10 +130,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)])
 
 
-def run_demo(opts: DemoOptions) -> dict[str, Any]:
-    """Run the demo into ``opts.out``; returns ``summary.json``'s content (and prints the summary)."""
-    from pointdr2.study.data import generate
-
+def run_demo(opts: DemoOptions, draw: Callable[..., Any]) -> dict[str, Any]:
+    """Run the demo into ``opts.out``; returns ``summary.json``'s content (:func:`summary_text` says it for
+    people). ``draw`` renders the PNG of test predictions (see :func:`render_predictions`)."""
     s = SETTINGS["quick" if opts.quick else "full"]
     out = Path(opts.out)
     if out.exists() and any(out.iterdir()) and not opts.force:
@@ -162,7 +162,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
               for label, mode, co in cases}
 
     log.info("[5/5] rendering test predictions of the dr2net model")
-    rendered = render_predictions(cfg, runs["dr2net"].run_dir, out / "predictions.png", s.render)
+    rendered = render_predictions(cfg, runs["dr2net"].run_dir, out / "predictions.png", s.render, draw)
 
     conv, dr2 = results["conventional"], results["dr2net"]
     mem_conv = memory["conventional"]["activation_bytes"]
@@ -181,20 +181,29 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                          "curve": r.curve} for m, r in results.items()},
         "memory": memory, "activation_ratio_worst": ratio, "step_time_ratio_end": step_ratio,
         "rendered": rendered, "png": str(out / "predictions.png"), "meaning": meaning,
-        "total_seconds": time.perf_counter() - t_start, "quick": bool(opts.quick),
+        "total_seconds": time.perf_counter() - t_start, "quick": bool(opts.quick), "variant": variant,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    rows = [[m, f"{r.test['oa']:.2f}", f"{r.test['macc']:.2f}", str(r.test.get("count", "")), f"{r.seconds:.0f}"]
-            for m, r in results.items()]
+    return summary
+
+
+def summary_text(summary: dict[str, Any], out: Path) -> str:
+    """The demo's result for people: accuracy, memory and time side by side, and what that means."""
+    memory = summary["memory"]
+    mem_conv = memory["conventional"]["activation_bytes"]
+    t_conv = memory["conventional"]["step_seconds"]
+    rows = [[m, f"{r['test']['oa']:.2f}", f"{r['test']['macc']:.2f}", str(r["test"].get("count", "")),
+             f"{r['train_seconds']:.0f}"] for m, r in summary["finetune"].items()]
     mem_rows = [[k, f"{m['activation_bytes'] / 2**20:.2f}", f"{100 * m['activation_bytes'] / mem_conv:.1f}%",
                  "-" if m["cache_every"] is None else str(m["cache_every"]), f"{1000 * m['step_seconds']:.0f}",
-                 f"{m['step_seconds'] / memory['conventional']['step_seconds']:.2f}"] for k, m in memory.items()]
-    print(f"\npointdr2 demo ({'quick' if opts.quick else 'full'}): pretraining val OA "
-          f"{summary['pretrain']['best_val_oa']:.2f}%, finetuning on synthetic ScanObjectNN {variant}\n")
-    print(_table(["finetuning", "test OA %", "test mAcc %", "test objects", "train s"], rows) + "\n")
-    print(_table(["one training step", "activation MiB", "vs conventional", "k", "step ms", "vs conventional"],
-                 mem_rows) + "\n")
-    print(meaning)
-    print(f"\npredictions: {out / 'predictions.png'} ({rendered['correct']}/{rendered['rendered']} shown correct); "
-          f"runs, logs and tensorboard events in {out}; total {summary['total_seconds']:.0f} s")
-    return summary
+                 f"{m['step_seconds'] / t_conv:.2f}"] for k, m in memory.items()]
+    rendered = summary["rendered"]
+    return "\n".join([
+        f"\npointdr2 demo ({'quick' if summary['quick'] else 'full'}): pretraining val OA "
+        f"{summary['pretrain']['best_val_oa']:.2f}%, finetuning on synthetic ScanObjectNN {summary['variant']}\n",
+        _table(["finetuning", "test OA %", "test mAcc %", "test objects", "train s"], rows) + "\n",
+        _table(["one training step", "activation MiB", "vs conventional", "k", "step ms", "vs conventional"],
+               mem_rows) + "\n",
+        summary["meaning"],
+        f"\npredictions: {out / 'predictions.png'} ({rendered['correct']}/{rendered['rendered']} shown correct); "
+        f"runs, logs and tensorboard events in {out}; total {summary['total_seconds']:.0f} s"])

@@ -192,8 +192,8 @@ def preservation(pre: RunSpec, variants: Mapping[str, Mapping[str, Any]], points
     evenly spaced points of the coefficient schedule (standard mode: no backward). The study's variants are
     the finetuning config's recipe and the reference implementation's.
     """
-    from pointdr2.engine.commands import load_for_eval
     from pointdr2.engine.evaluator import default_room_predictor, evaluate
+    from pointdr2.engine.inference import load_for_eval
     from pointdr2.models import to_dr2net
 
     if cache.is_file() and not force:

@@ -155,8 +155,8 @@ def test_random_subsample_and_shuffle_keep_rows_together():
 
 
 @pytest.mark.parametrize("specs, message", [
-    ([{"name": "scale_translat"}], "unknown transform 'scale_translat' \\(closest: scale_translate"),
-    ([{"name": "jitter", "sigm": 0.1}], "unknown parameter 'sigm' \\(closest: sigma"),
+    ([{"name": "scale_translat"}], "unknown transform 'scale_translat'; did you mean scale_translate"),
+    ([{"name": "jitter", "sigm": 0.1}], "unknown parameter 'sigm'; did you mean sigma"),
     ([{"npoints": 3}], "must be a mapping with a 'name' key"),
     ({"name": "jitter"}, "must be a list"),
     ([{"name": "fps_subsample", "npoints": 10, "keep": 20}], "0 < keep <= npoints"),

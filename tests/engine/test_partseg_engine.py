@@ -14,8 +14,8 @@ from pointdr2.cli import main
 from pointdr2.config import load_config
 from pointdr2.data.classes import SHAPENETPART_CATEGORIES, SHAPENETPART_PARTS
 from pointdr2.data.synthetic import write_layout
-from pointdr2.engine.commands import load_for_eval
 from pointdr2.engine.evaluator import evaluate, partseg_vote_scales, task_of
+from pointdr2.engine.inference import load_for_eval
 
 CONFIGS = Path(__file__).resolve().parents[2] / "pointdr2" / "configs" / "shapenetpart"
 

@@ -15,7 +15,7 @@ from pointdr2.cli import main
 from pointdr2.config import load_config
 from pointdr2.data import build_dataset
 from pointdr2.data.synthetic import write_layout
-from pointdr2.engine.commands import load_for_eval
+from pointdr2.engine.inference import load_for_eval
 from pointdr2.models import build_model, load_pretrained
 
 CONFIG = Path(__file__).resolve().parents[2] / "pointdr2" / "configs" / "shapenetpart" / "pointnext-s.yaml"

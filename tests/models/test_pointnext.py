@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from pointdr2.config import load_config
+from pointdr2.engine.rooms import predict_room
 from pointdr2.models.pointnext import (
     PointNeXtCls,
     PointNeXtPartSeg,
     PointNeXtSeg,
     build_pointnext,
     convert_official_state_dict,
-    predict_room,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -490,7 +490,7 @@ def test_predict_room_chunks_cover_every_point_and_bound_the_forward_size():
 
 
 def test_room_chunks_are_few_full_and_cover_every_point():
-    from pointdr2.models.pointnext import _chunks
+    from pointdr2.engine.rooms import _chunks
 
     g = torch.Generator().manual_seed(0)
     n, max_points = 9000, 512
