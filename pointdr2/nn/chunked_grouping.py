@@ -47,7 +47,6 @@ forward's autocast state.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
@@ -58,6 +57,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from pointdr2 import ops
 from pointdr2.nn.batch_stats import ChunkMoments, coupling, update_running_stats, uses_batch_stats
+from pointdr2.reversible.replay import autocast_states, replay_autocast
 
 __all__ = ["group_offsets", "grouped_max", "mlp_layers", "chunk_points_for"]
 
@@ -213,8 +213,7 @@ class _ChunkedGroupedMax(torch.autograd.Function):
         n = b * s * k
         slices = _chunks(s, chunk)
         sdt = _stat_dtype(features.dtype)
-        ctx.autocast = [(dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-                        for dev in dict.fromkeys(("cpu", features.device.type))]
+        ctx.autocast = autocast_states(features.device.type)
         stats: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = []
         for i, layer in enumerate(layers):
             bn = layer.bn
@@ -267,9 +266,7 @@ class _ChunkedGroupedMax(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):  # noqa: ANN001
-        with contextlib.ExitStack() as stack:
-            for dev, enabled, dtype in ctx.autocast:
-                stack.enter_context(torch.autocast(device_type=dev, dtype=dtype, enabled=enabled))
+        with replay_autocast(ctx.autocast):
             return _backward(ctx, dout)
 
 

@@ -16,7 +16,7 @@ BN are updated exactly once per forward, never by the recomputation; frozen ones
 
 from __future__ import annotations
 
-import contextlib
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from torch import nn
 
 from pointdr2 import ops
 from pointdr2.nn.batch_stats import ChunkMoments, coupling, update_running_stats, uses_batch_stats
+from pointdr2.reversible.replay import autocast_states, replay_autocast
 
 __all__ = ["Group", "PointPatchEncoder", "recompute_tokens", "check_points"]
 
@@ -130,11 +131,34 @@ class PointPatchEncoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- recomputation
-def _param_list(enc: PointPatchEncoder) -> list[torch.Tensor]:
+class EncoderParams(NamedTuple):
+    """The encoder's parameters by name, in the order the chunked autograd function receives them:
+    ``first_conv`` = conv1, bn1, ReLU, conv2; ``second_conv`` = conv3, bn2, ReLU, conv4."""
+
+    conv1_weight: torch.Tensor
+    conv1_bias: torch.Tensor
+    bn1_weight: torch.Tensor
+    bn1_bias: torch.Tensor
+    conv2_weight: torch.Tensor
+    conv2_bias: torch.Tensor
+    conv3_weight: torch.Tensor
+    conv3_bias: torch.Tensor
+    bn2_weight: torch.Tensor
+    bn2_bias: torch.Tensor
+    conv4_weight: torch.Tensor
+    conv4_bias: torch.Tensor
+
+
+# positions in EncoderParams: everything before the last convolution, and the first convolution
+BEFORE_CONV4 = EncoderParams._fields.index("conv4_weight")
+CONV1 = slice(0, EncoderParams._fields.index("bn1_weight"))
+
+
+def encoder_params(enc: PointPatchEncoder) -> EncoderParams:
     c1, bn1, _, c2 = enc.first_conv
     c3, bn2, _, c4 = enc.second_conv
-    return [c1.weight, c1.bias, bn1.weight, bn1.bias, c2.weight, c2.bias,
-            c3.weight, c3.bias, bn2.weight, bn2.bias, c4.weight, c4.bias]
+    return EncoderParams(c1.weight, c1.bias, bn1.weight, bn1.bias, c2.weight, c2.bias,
+                         c3.weight, c3.bias, bn2.weight, bn2.bias, c4.weight, c4.bias)
 
 
 def _bn(h: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -166,7 +190,8 @@ class _ChunkedEncoder(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, points, center_idx, knn_idx, chunk, enc, batch_stats, *params):  # noqa: ANN001
+    def forward(ctx, points, center_idx, knn_idx, chunk, enc, batch_stats, *flat):  # noqa: ANN001
+        params = EncoderParams(*flat)
         bn1, bn2 = enc.first_conv[1], enc.second_conv[1]
         b1, b2 = batch_stats
         eps = (bn1.eps, bn2.eps)
@@ -174,8 +199,7 @@ class _ChunkedEncoder(torch.autograd.Function):
         slices = _chunks(g, chunk)
         ctx.chunk, ctx.batch_stats, ctx.eps, ctx.n = chunk, (b1, b2), eps, b * g * k
         ctx.single = (b1 or b2) and len(slices) == 1
-        ctx.autocast = [(dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-                        for dev in dict.fromkeys(("cpu", points.device.type))]
+        ctx.autocast = autocast_states(points.device.type)
         # Frozen BN: its running statistics at forward time are constants of this step.
         run1 = None if b1 else (bn1.running_mean.clone(), bn1.running_var.clone())
         run2 = None if b2 else (bn2.running_mean.clone(), bn2.running_var.clone())
@@ -187,12 +211,12 @@ class _ChunkedEncoder(torch.autograd.Function):
                     if batch and bn.training:
                         update_running_stats(bn, mean, var, ctx.n)
                 (mu1, var1), (mu2, var2) = stats
-                ctx.save_for_backward(points, center_idx, knn_idx, mu1, var1, mu2, var2, *params)
+                ctx.save_for_backward(points, center_idx, knn_idx, mu1, var1, mu2, var2, *flat)
                 return out
             if b1:
                 s1 = ChunkMoments()
                 for sl in slices:
-                    s1.add(F.conv1d(_chunk_input(points, center_idx, knn_idx, sl), params[0], params[1]))
+                    s1.add(F.conv1d(_chunk_input(points, center_idx, knn_idx, sl), params.conv1_weight, params.conv1_bias))
                 mu1, var1 = s1.result(points.dtype)
             else:
                 mu1, var1 = run1
@@ -212,18 +236,16 @@ class _ChunkedEncoder(torch.autograd.Function):
             for sl in slices:
                 x = _chunk_input(points, center_idx, knn_idx, sl)
                 a2 = _to_a2(_to_h2(x, params, mu1, var1, eps[0]), params, mu2, var2, eps[1])
-                val, arg = F.conv1d(a2, params[10], params[11]).max(dim=2)
+                val, arg = F.conv1d(a2, params.conv4_weight, params.conv4_bias).max(dim=2)
                 outs.append(val.reshape(b, -1, val.shape[1]))
                 args.append(arg.to(index_dtype).reshape(b, -1, arg.shape[1]))
-        ctx.save_for_backward(points, center_idx, knn_idx, mu1, var1, mu2, var2, torch.cat(args, dim=1), *params)
+        ctx.save_for_backward(points, center_idx, knn_idx, mu1, var1, mu2, var2, torch.cat(args, dim=1), *flat)
         return torch.cat(outs, dim=1)
 
     @staticmethod
     def backward(ctx, dout):  # noqa: ANN001
         # The recomputation must see the forward's autocast state (backward runs outside it).
-        with contextlib.ExitStack() as stack:
-            for dev, enabled, dtype in ctx.autocast:
-                stack.enter_context(torch.autocast(device_type=dev, dtype=dtype, enabled=enabled))
+        with replay_autocast(ctx.autocast):
             return _ChunkedEncoder._backward(ctx, dout)
 
     @staticmethod
@@ -232,7 +254,7 @@ class _ChunkedEncoder(torch.autograd.Function):
         b1, b2 = ctx.batch_stats
         if ctx.single:
             points, center_idx, knn_idx, mu1, var1, mu2, var2, *params = ctx.saved_tensors
-            leaves = [p.detach().requires_grad_(True) for p in params]
+            leaves = EncoderParams(*(p.detach().requires_grad_(True) for p in params))
             x = _chunk_input(points, center_idx, knn_idx, slice(None))
             with torch.enable_grad():
                 out, _ = _single_chunk(x, leaves, eps, knn_idx.shape[0], None if b1 else (mu1, var1),
@@ -240,11 +262,12 @@ class _ChunkedEncoder(torch.autograd.Function):
                 grads = torch.autograd.grad(out, leaves, dout, allow_unused=True)
             return (None, None, None, None, None, None, *grads)
 
-        points, center_idx, knn_idx, mu1, var1, mu2, var2, argmax, *params = ctx.saved_tensors
+        points, center_idx, knn_idx, mu1, var1, mu2, var2, argmax, *flat = ctx.saved_tensors
+        params = EncoderParams(*flat)
         slices = _chunks(knn_idx.shape[1], ctx.chunk)
         k = knn_idx.shape[2]
         grads = [torch.zeros_like(p) for p in params]
-        leaves = [p.detach().requires_grad_(True) for p in params]
+        leaves = EncoderParams(*(p.detach().requires_grad_(True) for p in params))
         dout = dout.contiguous()
 
         def accumulate(res, offset=0):
@@ -257,13 +280,13 @@ class _ChunkedEncoder(torch.autograd.Function):
             d = dout[:, sl].reshape(-1, dout.shape[2])
             idx = argmax[:, sl].reshape(-1, argmax.shape[2]).long()
             scattered = d.new_zeros(d.shape[0], d.shape[1], k).scatter_(2, idx.unsqueeze(2), d.unsqueeze(2))
-            return scattered, torch.matmul(params[10][..., 0].t(), scattered)
+            return scattered, torch.matmul(params.conv4_weight[..., 0].t(), scattered)
 
         def conv_out_grads(scattered, a2):
-            e, c = params[10].shape[:2]
+            e, c = params.conv4_weight.shape[:2]
             w = torch.mm(scattered.transpose(0, 1).reshape(e, -1), a2.transpose(0, 1).reshape(c, -1).t())
-            grads[10] += w.unsqueeze(2)
-            grads[11] += scattered.sum(dim=(0, 2))
+            grads[BEFORE_CONV4] += w.unsqueeze(2)
+            grads[BEFORE_CONV4 + 1] += scattered.sum(dim=(0, 2))
 
         # A) dL/dmu2 and dL/dvar2, summed over chunks (BN2 on batch statistics only).
         g_mu2, g_var2 = torch.zeros_like(mu2), torch.zeros_like(var2)
@@ -292,23 +315,23 @@ class _ChunkedEncoder(torch.autograd.Function):
                 total = (a2 * da2).sum()
                 if b2:
                     total = total + coupling(h2, mu2, g_mu2, g_var2, n)
-                res = torch.autograd.grad(total, [*leaves[:10], *((m1, v1) if b1 else ())], allow_unused=True)
-            accumulate(res[:10])
+                res = torch.autograd.grad(total, [*leaves[:BEFORE_CONV4], *((m1, v1) if b1 else ())], allow_unused=True)
+            accumulate(res[:BEFORE_CONV4])
             if b1:
-                g_mu1 += res[10]
-                g_var1 += res[11]
+                g_mu1 += res[BEFORE_CONV4]
+                g_var1 += res[BEFORE_CONV4 + 1]
             conv_out_grads(scattered, a2.detach())
             del h2, a2, da2, scattered, total
         # C) the BN1 coupling terms reach only the first convolution (C -> 128).
         for sl in slices if b1 else ():
             x = _chunk_input(points, center_idx, knn_idx, sl)
             with torch.enable_grad():
-                h1 = F.conv1d(x, leaves[0], leaves[1])
-                accumulate(torch.autograd.grad(coupling(h1, mu1, g_mu1, g_var1, n), leaves[:2]))
+                h1 = F.conv1d(x, leaves.conv1_weight, leaves.conv1_bias)
+                accumulate(torch.autograd.grad(coupling(h1, mu1, g_mu1, g_var1, n), leaves[CONV1]))
         return (None, None, None, None, None, None, *grads)
 
 
-def _single_chunk(x: torch.Tensor, p: list[torch.Tensor], eps: tuple[float, float], batch: int,
+def _single_chunk(x: torch.Tensor, p: EncoderParams, eps: tuple[float, float], batch: int,
                   fixed1: tuple[torch.Tensor, torch.Tensor] | None, fixed2: tuple[torch.Tensor, torch.Tensor] | None
                   ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Whole-batch encoder -> (tokens, [(mean, var) of BN1, of BN2]).
@@ -317,10 +340,10 @@ def _single_chunk(x: torch.Tensor, p: list[torch.Tensor], eps: tuple[float, floa
     normalises with the batch statistics inside autograd (training mode).
     """
     k = x.shape[2]
-    h1 = F.conv1d(x, p[0], p[1])
+    h1 = F.conv1d(x, p.conv1_weight, p.conv1_bias)
     var1, mu1 = torch.var_mean(h1, dim=(0, 2), correction=0) if fixed1 is None else (fixed1[1], fixed1[0])
-    f = F.conv1d(F.relu(_bn(h1, mu1, var1, p[2], p[3], eps[0])), p[4], p[5])
-    h2 = F.conv1d(torch.cat([f.max(dim=2, keepdim=True)[0].expand(-1, -1, k), f], dim=1), p[6], p[7])
+    f = F.conv1d(F.relu(_bn(h1, mu1, var1, p.bn1_weight, p.bn1_bias, eps[0])), p.conv2_weight, p.conv2_bias)
+    h2 = F.conv1d(torch.cat([f.max(dim=2, keepdim=True)[0].expand(-1, -1, k), f], dim=1), p.conv3_weight, p.conv3_bias)
     var2, mu2 = torch.var_mean(h2, dim=(0, 2), correction=0) if fixed2 is None else (fixed2[1], fixed2[0])
     out = _from_h2(h2, p, mu2, var2, eps[1], batch)
     return out, [(mu1.detach(), var1.detach()), (mu2.detach(), var2.detach())]
@@ -337,24 +360,24 @@ def _chunk_input(points: torch.Tensor, center_idx: torch.Tensor, knn_idx: torch.
     return rel.reshape(b * g, k, c).transpose(1, 2)
 
 
-def _to_h2(x: torch.Tensor, p: list[torch.Tensor], mu1: torch.Tensor, var1: torch.Tensor, eps1: float) -> torch.Tensor:
+def _to_h2(x: torch.Tensor, p: EncoderParams, mu1: torch.Tensor, var1: torch.Tensor, eps1: float) -> torch.Tensor:
     """[M, C, K] -> pre-BN activations of the second block [M, 512, K]."""
     k = x.shape[2]
-    a1 = F.relu(_bn(F.conv1d(x, p[0], p[1]), mu1, var1, p[2], p[3], eps1))
-    f = F.conv1d(a1, p[4], p[5])
+    a1 = F.relu(_bn(F.conv1d(x, p.conv1_weight, p.conv1_bias), mu1, var1, p.bn1_weight, p.bn1_bias, eps1))
+    f = F.conv1d(a1, p.conv2_weight, p.conv2_bias)
     glob = f.max(dim=2, keepdim=True)[0]
-    return F.conv1d(torch.cat([glob.expand(-1, -1, k), f], dim=1), p[6], p[7])
+    return F.conv1d(torch.cat([glob.expand(-1, -1, k), f], dim=1), p.conv3_weight, p.conv3_bias)
 
 
-def _to_a2(h2: torch.Tensor, p: list[torch.Tensor], mu2: torch.Tensor, var2: torch.Tensor, eps2: float
+def _to_a2(h2: torch.Tensor, p: EncoderParams, mu2: torch.Tensor, var2: torch.Tensor, eps2: float
            ) -> torch.Tensor:
-    return F.relu(_bn(h2, mu2, var2, p[8], p[9], eps2))
+    return F.relu(_bn(h2, mu2, var2, p.bn2_weight, p.bn2_bias, eps2))
 
 
-def _from_h2(h2: torch.Tensor, p: list[torch.Tensor], mu2: torch.Tensor, var2: torch.Tensor, eps2: float,
+def _from_h2(h2: torch.Tensor, p: EncoderParams, mu2: torch.Tensor, var2: torch.Tensor, eps2: float,
              batch: int) -> torch.Tensor:
     """[B*g, 512, K] -> tokens [B, g, out]."""
-    tokens = F.conv1d(_to_a2(h2, p, mu2, var2, eps2), p[10], p[11]).max(dim=2)[0]
+    tokens = F.conv1d(_to_a2(h2, p, mu2, var2, eps2), p.conv4_weight, p.conv4_bias).max(dim=2)[0]
     return tokens.reshape(batch, -1, tokens.shape[1])
 
 
@@ -375,4 +398,4 @@ def recompute_tokens(encoder: PointPatchEncoder, points: torch.Tensor, center_id
         raise ValueError(f"chunk_groups must be >= 1, got {chunk_groups}")
     batch_stats = tuple(uses_batch_stats(bn) for bn in (encoder.first_conv[1], encoder.second_conv[1]))
     return _ChunkedEncoder.apply(points.detach(), center_idx, knn_idx, int(chunk_groups), encoder, batch_stats,
-                                 *_param_list(encoder))
+                                 *encoder_params(encoder))

@@ -32,19 +32,24 @@ them anyway), the final pair, anchors and extras as without taps.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from pointdr2.reversible.precision import PrecisionGuard
+from pointdr2.reversible.replay import (
+    autocast_states,
+    frozen_running_stats,
+    replay_autocast,
+    replay_rng,
+    rng_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,70 +102,6 @@ def _stream_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _autocast_states(device_type: str) -> list[tuple[str, bool, torch.dtype, bool]]:
-    """The autocast state (device type, enabled, dtype, cache) of the devices involved, to replay it."""
-    states = []
-    for dev in dict.fromkeys(("cpu", device_type)):
-        states.append(
-            (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev), torch.is_autocast_cache_enabled())
-        )
-    return states
-
-
-@contextlib.contextmanager
-def _replay_autocast(states: list[tuple[str, bool, torch.dtype, bool]]) -> Iterator[None]:
-    with contextlib.ExitStack() as stack:
-        for dev, enabled, dtype, cache in states:
-            stack.enter_context(torch.autocast(device_type=dev, dtype=dtype, enabled=enabled, cache_enabled=cache))
-        yield
-
-
-def _get_rng(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda_state
-
-
-@contextlib.contextmanager
-def _replay_rng(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> Iterator[None]:
-    """Run with the RNG state saved before the block's forward, then restore the current state."""
-    current = _get_rng(device)
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(current[0])
-        if current[1] is not None:
-            torch.cuda.set_rng_state(current[1], device)
-
-
-@contextlib.contextmanager
-def frozen_running_stats(module: nn.Module) -> Iterator[None]:
-    """Recompute without touching BatchNorm running statistics.
-
-    In train mode BatchNorm normalises with the batch's own statistics, and the recomputation sees the
-    same batch, so only the running-stat update must be kept out of the real buffers. The buffers are
-    swapped for throwaway copies (not saved and copied back: batch_norm saves the buffers for its
-    backward, and writing into them before that backward would trip autograd's version check;
-    momentum=0 would not help with momentum=None's cumulative average).
-    """
-    names = ("running_mean", "running_var", "num_batches_tracked")
-    swapped = []
-    for m in module.modules():
-        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats:
-            originals = [getattr(m, n) for n in names]
-            swapped.append((m, originals))
-            for n, buf in zip(names, originals):
-                setattr(m, n, None if buf is None else buf.clone())
-    try:
-        yield
-    finally:
-        for m, originals in swapped:
-            for n, buf in zip(names, originals):
-                setattr(m, n, buf)
-
-
 def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """||a - ref|| / ||ref|| as a float64 0-d tensor (no host sync)."""
     num = torch.linalg.vector_norm((a - ref).double())
@@ -210,7 +151,7 @@ class _ReversibleFunction(torch.autograd.Function):
         alpha, beta, blocks = stack.alpha, stack.beta, stack.blocks
         n = len(blocks)
         sd = _stream_dtype(x.dtype)
-        ctx.autocast = _autocast_states(x.device.type)
+        ctx.autocast = autocast_states(x.device.type)
         ctx.device = x.device
         rng_states = []
         keep = anchor_positions(n, cache_every)
@@ -222,7 +163,7 @@ class _ReversibleFunction(torch.autograd.Function):
         if 0 in taps:
             tapped[0] = _combine(stack.output, beta, x0, x0, x0)
         for i, block in enumerate(blocks, start=1):
-            rng_states.append(_get_rng(x.device))
+            rng_states.append(rng_state(x.device))
             g = block(prev1.to(x.dtype), alpha, *extras)  # blocks see x's dtype; streams stay in sd
             cur = beta * prev2 + g.to(sd) if beta != 0 else g.to(sd)
             if i in keep:
@@ -300,7 +241,7 @@ class _ReversibleFunction(torch.autograd.Function):
                 g_cur = g_cur + tap_adjoint.pop(i)
             block = blocks[i - 1]
             block_params = [p for p in block.parameters() if id(p) in param_ids]
-            with torch.enable_grad(), _replay_rng(ctx.rng_states[i - 1], ctx.device), _replay_autocast(
+            with torch.enable_grad(), replay_rng(ctx.rng_states[i - 1], ctx.device), replay_autocast(
                 ctx.autocast
             ), frozen_running_stats(block):
                 x_in = x_prev.detach().to(ctx.x_dtype).requires_grad_(True)
