@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from pointdr2.config import find_config, load_config
+from pointdr2.engine.network import build_network
 from pointdr2.engine.plan import DATASET_CLASSES, synthetic_sample, task_of_config
-from pointdr2.engine.trainer import build_network
 from pointdr2.models import build_model
 
 

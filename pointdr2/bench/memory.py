@@ -61,11 +61,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pointdr2.config import DEFAULTS
 from pointdr2.engine.memory import PeakByOperation as _PeakByOperation
 from pointdr2.engine.memory import PeakRSS as _PeakRSS
 from pointdr2.engine.memory import backward_and_step as _backward_and_step
 from pointdr2.engine.memory import cache_freed_blocks as _cache_freed_blocks
 from pointdr2.engine.memory import proc_status_kb as _proc_status_kb
+from pointdr2.engine.network import bench_finetune, build_network
 from pointdr2.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
@@ -89,22 +91,15 @@ MEASURES = ("saved", "peak", "time")
 def model_for_mode(net, mode: str, alpha: float, beta: float, case: str, finetune=None):
     """The module a model case measures in ``mode`` (see the case interface above).
 
-    Built by the trainer's own mapping (``pointdr2.engine.trainer.build_network``) from the config's
-    ``finetune`` defaults updated with ``finetune`` (e.g. a study config's output and residual unit), so a
-    benchmark measures exactly the network ``pointdr2 train`` trains.
+    Built by the one mapping of :mod:`pointdr2.engine.network` (``build_network`` of the row's finetune
+    settings, :data:`~pointdr2.engine.network.BENCH_MODES`) on top of the config's ``finetune`` defaults
+    updated with ``finetune`` (e.g. a study config's output and residual unit), so a benchmark measures
+    exactly the network ``pointdr2 train`` trains.
     """
-    from pointdr2.config import DEFAULTS
-    from pointdr2.engine.trainer import build_network
-
-    ft = {**DEFAULTS["finetune"], **dict(finetune or {}), "recompute_stem": True}
-    if mode in ("conventional", "checkpoint"):
-        ft["mode"] = mode
-    elif mode in ("dr2net", "dr2net-auto"):
-        ft.update(mode="dr2net", backprop="reversible" if mode == "dr2net" else "auto", cache_every=None)
-    else:
+    if mode not in MODES:
         raise ValueError(f"{case}: unknown mode {mode!r}; expected {', '.join(MODES)}")
+    ft = bench_finetune(mode, {**DEFAULTS["finetune"], **dict(finetune or {}), "recompute_stem": True})
     return build_network(net, ft, alpha, beta, train=True)
-
 
 
 # points of the default schedule (CoefficientSchedule() at epochs 0, 10, 20)

@@ -16,8 +16,9 @@ from pointdr2.commands.parsing import parse_int_list, positive
 from pointdr2.config import parse_size
 from pointdr2.engine.distributed import cleanup
 from pointdr2.engine.memory import cache_freed_blocks, return_freed_blocks
+from pointdr2.engine.network import resolve_device
 from pointdr2.engine.plan import DATASET_CLASSES, MemoryBudgetError, choose_fit, format_plan, measure_plan
-from pointdr2.engine.trainer import TrainingDiverged, TrainingInterrupted, check, resolve_device, train
+from pointdr2.engine.trainer import TrainingDiverged, TrainingInterrupted, check, train
 
 log = logging.getLogger("pointdr2.commands.train")
 

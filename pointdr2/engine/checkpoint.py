@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from pointdr2.models.checkpoints import OWN_FORMAT, read_checkpoint
+
 __all__ = ["FORMAT", "save_atomic", "load_checkpoint", "is_own_checkpoint", "capture_rng", "restore_rng"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "pointdr2-checkpoint"
+FORMAT = OWN_FORMAT  # the one format tag, defined beside the one reader
 VERSION = 1
 
 
@@ -79,8 +81,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     unpickling with harmless NumPy globals allowed, full unpickling only with
     ``POINTDR2_TRUST_CHECKPOINTS=1``.
     """
-    from pointdr2.models.checkpoints import read_checkpoint
-
     return read_checkpoint(path, map_location=map_location)
 
 

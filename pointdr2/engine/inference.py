@@ -15,7 +15,7 @@ from pointdr2.config import Config, find_config, load_config
 from pointdr2.data import build_dataset
 from pointdr2.engine.checkpoint import is_own_checkpoint, load_checkpoint
 from pointdr2.engine.evaluator import default_room_predictor, is_room_dataset, task_of
-from pointdr2.engine.trainer import build_network, load_model_weights, resolve_device
+from pointdr2.engine.network import build_network, load_model_weights, resolve_device
 from pointdr2.models import build_model
 from pointdr2.models.checkpoints import checkpoint_num_classes
 from pointdr2.progress import bar as progress_bar

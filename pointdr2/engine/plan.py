@@ -48,6 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pointdr2 import ops
+from pointdr2.data.synthetic import indoor_crop
+from pointdr2.engine.checkpoint import capture_rng, restore_rng
+from pointdr2.engine.evaluator import amp_context, forward_batch
 from pointdr2.engine.memory import (
     PeakByOperation,
     PeakRSS,
@@ -55,6 +59,11 @@ from pointdr2.engine.memory import (
     backward_and_step,
     proc_status_kb,
 )
+from pointdr2.engine.network import build_network, coefficient_schedule
+from pointdr2.engine.optim import build_optimizer
+from pointdr2.models import build_model
+from pointdr2.reversible import choose_cache_every, iter_stacks
+from pointdr2.reversible.stack import anchor_positions
 
 __all__ = ["Affine", "ModeRow", "MemoryPlan", "Fit", "MemoryBudgetError", "measure_plan", "choose_fit",
            "plan_points", "synthetic_sample", "format_bytes", "MODES", "PREFERENCE"]
@@ -151,7 +160,6 @@ class ModeRow:
     def saved_bytes(self, batch: int, points: int, cache_every: int | None = None) -> float:
         value = self.saved(batch, points)
         if cache_every is not None and self.cache_every is not None:
-            from pointdr2.reversible.stack import anchor_positions
 
             for depth, state in self.stacks:
                 more = (len(anchor_positions(depth, min(cache_every, depth)))
@@ -353,7 +361,6 @@ def plan_points(cfg: Mapping) -> int:
 def synthetic_sample(cfg: Mapping, task: str, points: int, index: int) -> dict:
     """One training sample in the dataset's format, without data on disk: ``points [N, in_channels]`` and a
     label (classification), or an indoor-like crop ``pos [N, 3]``, ``feats [C, N]``, ``label [N]``."""
-    from pointdr2.data.synthetic import indoor_crop
 
     model = cfg.get("model") or {}
     num_classes = int(model.get("num_classes") or 2)
@@ -379,10 +386,8 @@ def _sync(device: torch.device) -> None:
 def _schedule_worst(cfg_finetune: Mapping, depth: int, dtype: torch.dtype) -> tuple[dict, dict]:
     """(worst, end) schedule points ``{"alpha", "beta", "k"}``: the guard's smallest spacing along the schedule
     (the earliest such point) and its spacing at the end, both with no measured correction yet."""
-    from pointdr2.engine.trainer import _coefficient_schedule
-    from pointdr2.reversible import choose_cache_every
 
-    sched = _coefficient_schedule(cfg_finetune)
+    sched = coefficient_schedule(cfg_finetune)
     start, end = float(cfg_finetune["start_epoch"]), float(cfg_finetune["end_epoch"])
     tol = float(cfg_finetune.get("tolerance", 1e-4))
     worst = None
@@ -400,7 +405,6 @@ class _StackStates:
     """Per-sample bytes of one stream state of every Dr2Stack (what one kept anchor costs), from its input."""
 
     def __init__(self, net: nn.Module) -> None:
-        from pointdr2.reversible import iter_stacks
 
         self.stacks = list(iter_stacks(net))
         self.bytes = [0.0] * len(self.stacks)
@@ -439,9 +443,6 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
                  task: str, probes: Sequence[tuple[int, int]], device: torch.device, name_peak: bool = False,
                  cap_probe: bool = False) -> dict:
     """Probe one network: static bytes, and saved/transient bytes/peak op/stack states per probe."""
-    from pointdr2.engine.evaluator import amp_context, forward_batch
-    from pointdr2.engine.optim import build_optimizer
-    from pointdr2.engine.trainer import build_network
 
     torch.manual_seed(0)
     model = model_fn(copy.deepcopy(cfg.model)).to(device)
@@ -523,7 +524,6 @@ def _transient_cap(probe: Callable, size: tuple[int, int]) -> dict | None:
     budget is ``T(16 MiB) + lambda * (budget - 16 MiB)``. None when the budget does not move the transient
     (``lambda < 0.5``: nothing is chunked, e.g. a conventional network or a transformer).
     """
-    from pointdr2 import ops
 
     old = ops._budget
     try:
@@ -569,10 +569,6 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
     high-water mark at every module boundary, which slows the probes; always on for CUDA, where it is free).
     RNG states are restored afterwards; the caller's model is not touched.
     """
-    from pointdr2.engine.checkpoint import capture_rng, restore_rng
-    from pointdr2.engine.trainer import _coefficient_schedule, build_network
-    from pointdr2.models import build_model
-    from pointdr2.reversible import iter_stacks
 
     device = torch.device(device)
     task = task_of_config(cfg)
@@ -607,7 +603,7 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
                 rows.append(_row_from(mode, None, None, None, None, None, m))
                 continue
             backprop = str(ft_cfg.get("backprop", "auto"))
-            a0, b0 = _coefficient_schedule(ft_cfg)(float(ft_cfg["start_epoch"]))
+            a0, b0 = coefficient_schedule(ft_cfg)(float(ft_cfg["start_epoch"]))
             torch.manual_seed(0)
             depths = [len(s.blocks) for s in iter_stacks(build_network(model_fn(copy.deepcopy(cfg.model)),
                                                                        {**ft_cfg, "mode": "dr2net"}, a0, b0))]
@@ -622,7 +618,7 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
                 worst, end = _schedule_worst(ft_cfg, depth, dtype)
             else:  # reversible: the configured spacing all along
                 k = int(ft_cfg.get("cache_every") or depth)
-                a1, b1 = _coefficient_schedule(ft_cfg)(float(ft_cfg["end_epoch"]))
+                a1, b1 = coefficient_schedule(ft_cfg)(float(ft_cfg["end_epoch"]))
                 worst, end = {"alpha": a0, "beta": b0, "k": k}, {"alpha": a1, "beta": b1, "k": k}
             measured = {}
             for point, where in (("worst", worst), ("end", end)):

@@ -41,7 +41,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,9 +48,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pointdr2.config import Config, dump_config
+from pointdr2.config import Config, dump_config, parse_size
+from pointdr2.data import build_dataset
 from pointdr2.data.common import AugmentedDataset
 from pointdr2.engine import distributed as dist_utils
+from pointdr2.engine import plan as memory_plan  # by module: tests stand in for measure_plan
 from pointdr2.engine.checkpoint import (
     FORMAT,
     VERSION,
@@ -72,18 +73,33 @@ from pointdr2.engine.evaluator import (
     task_of,
 )
 from pointdr2.engine.logger import RunLogger
-from pointdr2.engine.memory import SavedTensorMeter, peak_memory_bytes, reset_peak_memory
+from pointdr2.engine.memory import (
+    SavedTensorMeter,
+    cache_freed_blocks,
+    peak_memory_bytes,
+    reset_peak_memory,
+    return_freed_blocks,
+)
+from pointdr2.engine.network import (
+    FINETUNE_MODES,
+    build_network,
+    coefficient_schedule,
+    load_model_weights,
+    resolve_device,
+    stack_stats,
+)
 from pointdr2.engine.optim import CosineWarmup, build_optimizer
 from pointdr2.engine.run_lock import LOCK_NAME, RunLock, remove_stale_temp_files
 from pointdr2.engine.weights import resolve_weights
+from pointdr2.models import build_model, load_pretrained
 from pointdr2.progress import bar as progress_bar
+from pointdr2.reversible import apply_coefficients, iter_stacks
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "resolve_device", "build_network",
-           "build_split", "check_run_dir", "primary_metric", "load_model_weights"]
+           "build_split", "check_run_dir", "primary_metric", "load_model_weights"]  # the network helpers re-exported
 
 log = logging.getLogger(__name__)
 
-FINETUNE_MODES = ("dr2net", "conventional", "checkpoint")
 METRIC_KEYS = ("oa", "macc", "miou", "ins_miou", "cls_miou")  # logged scalars, when a task reports them
 RUN_FILES = ("config.yaml", "last.pth", "best.pth", "train.log", "metrics.json")
 
@@ -110,24 +126,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- small helpers
-def resolve_device(name: str) -> torch.device:
-    """``train.device``: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"."""
-    name = str(name)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name} but CUDA is not available on this machine; use train.device=cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
-
-
 def primary_metric(task: str) -> str:
     """The model-selection metric: OA (classification), mIoU (segmentation), instance mIoU (part segmentation)."""
     return {"classification": "oa", "partseg": "ins_miou"}.get(task, "miou")
@@ -158,131 +156,11 @@ def build_split(cfg: Config, split: str, dataset_fn: Callable, val_fraction: flo
 
 
 def _default_model_fn(cfg_model):
-    from pointdr2.models import build_model
-
     return build_model(cfg_model)
 
 
 def _default_dataset_fn(cfg_dataset, split, **kw):
-    from pointdr2.data import build_dataset
-
     return build_dataset(cfg_dataset, split, **kw)
-
-
-BACKPROP_MODES = ("auto", "reversible", "exact")
-
-
-def build_network(model: nn.Module, cfg_finetune: Mapping, alpha: float, beta: float, *, train: bool = True) -> nn.Module:
-    """The network that is trained (or evaluated): the model itself or its Dr2Net/checkpoint surrogate.
-
-    ``finetune.backprop``: ``auto`` (the precision guard picks the anchor spacing), ``reversible``
-    (``finetune.cache_every`` fixed) or ``exact`` (the same surrogate and schedule with plain autograd:
-    Dr2Stack mode ``standard``, nothing recomputed; the control that isolates the surrogate's change of
-    function from the reconstruction's gradient error). For evaluation (``train=False``) a dr2net
-    surrogate runs in ``standard`` mode (no backward).
-    """
-    mode = cfg_finetune["mode"]
-    if mode not in FINETUNE_MODES:
-        raise ValueError(f"finetune.mode must be one of {', '.join(FINETUNE_MODES)}, got {mode!r}")
-    if mode == "conventional":
-        return model
-    from pointdr2.models import to_dr2net
-
-    recompute = bool(cfg_finetune.get("recompute_stem", True)) and train
-    if mode == "checkpoint":
-        return to_dr2net(model, 1.0, 0.0, mode="checkpoint" if train else "standard", recompute_stem=recompute)
-    backprop = str(cfg_finetune.get("backprop", "auto"))
-    if backprop not in BACKPROP_MODES:
-        raise ValueError(f"finetune.backprop must be one of {', '.join(BACKPROP_MODES)}, got {backprop!r}")
-    kw: dict[str, Any] = {"output": cfg_finetune.get("output", "last"),
-                          "residual": str(cfg_finetune.get("residual", "block"))}
-    if backprop == "exact":
-        train = False  # plain autograd through the surrogate: stack mode standard, no recomputed stem
-        recompute = False
-    if train:
-        kw.update(cache_every=cfg_finetune.get("cache_every"), tolerance=float(cfg_finetune.get("tolerance", 1e-4)),
-                  recompute_stem=recompute)
-    return to_dr2net(model, float(alpha), float(beta), mode=backprop if train else "standard", **kw)
-
-
-def _coefficient_schedule(cfg_finetune: Mapping):
-    from pointdr2.reversible import CoefficientSchedule
-
-    def pair(key):
-        value = cfg_finetune[key]
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise ValueError(f"finetune.{key} must be [start, end], got {value!r}")
-        return float(value[0]), float(value[1])
-
-    return CoefficientSchedule(alpha=pair("alpha"), beta=pair("beta"), start=float(cfg_finetune["start_epoch"]),
-                               end=float(cfg_finetune["end_epoch"]), shape=str(cfg_finetune["shape"]))
-
-
-def _stack_stats(net: nn.Module) -> dict:
-    """Reconstruction error, anchor spacing and mode of the Dr2Stacks after the last backward:
-    the worst over stacks (for the log line) and every stack's own report (for metrics.jsonl)."""
-    from pointdr2.reversible import stack_reports
-
-    reports = stack_reports(net)
-    if not reports:
-        return {}
-    errors = [r["reconstruction_error"] for r in reports.values() if r["reconstruction_error"] is not None]
-    spacings = [r["cache_every"] for r in reports.values() if r["cache_every"] is not None]
-    out: dict = {"stacks": reports, "backprop_mode": ",".join(sorted({str(r["mode"]) for r in reports.values()}))}
-    if errors:
-        out["reconstruction_error"] = max(errors)
-    if spacings:
-        out["cache_every"] = min(spacings)
-    return out
-
-
-def load_model_weights(model: nn.Module, path: str | os.PathLike, *, strict_foreign: bool = True,
-                       checkpoint: Mapping | None = None) -> dict:
-    """Load a checkpoint into the base ``model`` for evaluation; returns the checkpoint dict.
-
-    Own checkpoints load strictly (any key mismatch is an error naming the first offending key);
-    official checkpoints go through ``load_pretrained`` and must leave no key missing, and their
-    head must fit the model (build it with the checkpoint's class count, see
-    :func:`pointdr2.models.checkpoints.checkpoint_num_classes`). ``checkpoint``: the dict already
-    read from ``path`` (not read again).
-    """
-    path = Path(path)
-    ckpt = dict(checkpoint) if checkpoint is not None else load_checkpoint(path)
-    if is_own_checkpoint(ckpt):
-        state = ckpt.get("model")
-        if not isinstance(state, Mapping):
-            raise ValueError(f"{path} is a pointdr2 checkpoint without model weights")
-        own = model.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        if missing or unexpected:
-            raise ValueError(f"checkpoint {path} does not fit model.name={ckpt.get('config', {}).get('model', {}).get('name')!r}"
-                             f" vs this config's model: {len(missing)} missing keys (first: {missing[:1]}), "
-                             f"{len(unexpected)} unexpected (first: {unexpected[:1]})")
-        for key, value in state.items():
-            if tuple(own[key].shape) != tuple(value.shape):
-                raise ValueError(f"checkpoint {path}: {key} has shape {tuple(value.shape)}, the model expects "
-                                 f"{tuple(own[key].shape)} (different model size or num_classes?)")
-        model.load_state_dict(state)
-        return ckpt
-    from pointdr2.models.checkpoints import STATE_KEYS
-
-    if not any(k in ckpt for k in STATE_KEYS) and not all(
-            isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise ValueError(f"{path} is not a model checkpoint (top-level keys: {', '.join(list(map(str, ckpt))[:6])})")
-    from pointdr2.models.checkpoints import load_into
-
-    report = load_into(model, path, checkpoint=ckpt)
-    if report.replaced_head and strict_foreign:
-        n, classes = report.checkpoint_classes, getattr(model, "num_classes", None)
-        hint = (f"evaluate it with model.num_classes={n}" if n is not None and n != classes else
-                "its head layers have other sizes than this config's head")
-        raise ValueError(f"checkpoint {path}: its head does not fit this model ({report.head_mismatch}); {hint}")
-    missing = list(getattr(report, "missing", []))
-    if missing and strict_foreign:
-        raise ValueError(f"checkpoint {path} leaves {len(missing)} model weights unset (first: {missing[0]}); "
-                         "a pretrain checkpoint must be finetuned before evaluation")
-    return ckpt
 
 
 # ----------------------------------------------------------------------------- signals
@@ -388,7 +266,6 @@ class _Trainer:
             raise ValueError("train.batch_size=auto needs train.memory_budget (e.g. train.memory_budget=12GB): it picks "
                              "the largest batch that fits it")
         if budget is not None:
-            from pointdr2.config import parse_size
 
             parse_size(budget, "train.memory_budget")
         if t.select_on not in ("val", "test"):
@@ -456,7 +333,6 @@ class _Trainer:
             self.ckpt = None
             pretrained = cfg.model.get("pretrained")
             if pretrained:
-                from pointdr2.models import load_pretrained
 
                 # a path, or an https:// / file:// URL downloaded once into the weights cache
                 path = resolve_weights(pretrained, cfg.model.get("pretrained_sha256"),
@@ -466,12 +342,11 @@ class _Trainer:
                          len(getattr(report, "missing", [])), len(getattr(report, "unexpected", [])))
 
         ft = cfg.finetune
-        self.schedule = _coefficient_schedule(ft) if ft.mode == "dr2net" else None
+        self.schedule = coefficient_schedule(ft) if ft.mode == "dr2net" else None
         a0, b0 = self.schedule(0.0) if self.schedule is not None else (1.0, 0.0)
         self.net = build_network(self.model, ft, a0, b0, train=True).to(self.device)
         cap = (self.memory_fit or {}).get("min_cache_every")
         if cap:
-            from pointdr2.reversible import iter_stacks
 
             for stack in iter_stacks(self.net):
                 stack.guard.min_cache_every = int(cap)
@@ -524,9 +399,6 @@ class _Trainer:
         ``train.accumulate`` (a smaller micro-batch keeps the effective batch), plus the guard's spacing cap.
         Rank 0 measures and every rank gets its choice; a resumed run keeps the choice it started with.
         Raises :class:`~pointdr2.engine.plan.MemoryBudgetError` (nothing written yet) when nothing fits."""
-        from pointdr2.config import parse_size
-        from pointdr2.engine.memory import cache_freed_blocks, return_freed_blocks
-        from pointdr2.engine.plan import choose_fit, format_bytes, measure_plan
 
         cfg, t = self.cfg, self.cfg.train
         budget = parse_size(t.memory_budget, "train.memory_budget")
@@ -543,14 +415,14 @@ class _Trainer:
                 freed = self.device.type == "cpu" and return_freed_blocks()
                 try:
                     mode = str(cfg.finetune.mode)
-                    plan = measure_plan(cfg, device=self.device, model_fn=self.model_fn, points=points,
+                    plan = memory_plan.measure_plan(cfg, device=self.device, model_fn=self.model_fn, points=points,
                                         sample_fn=lambda n, i: self.train_set[i % len(self.train_set)],
                                         modes=FINETUNE_MODES if mode == "auto" else (mode,))
                 finally:
                     if freed:
                         cache_freed_blocks()
                 try:
-                    result[0] = choose_fit(plan, budget, mode=str(cfg.finetune.mode), batch_size=t.batch_size,
+                    result[0] = memory_plan.choose_fit(plan, budget, mode=str(cfg.finetune.mode), batch_size=t.batch_size,
                                            processes=world, max_batch=max(1, len(self.train_set) // world)).to_dict()
                 except ValueError as exc:
                     result[0] = {"error": str(exc)}
@@ -558,14 +430,12 @@ class _Trainer:
                 torch.distributed.broadcast_object_list(result, src=0)
             fit = result[0]
             if "error" in fit:
-                from pointdr2.engine.plan import MemoryBudgetError
-
-                raise MemoryBudgetError(fit["error"])
+                raise memory_plan.MemoryBudgetError(fit["error"])
             # logged by _announce, once train.log exists (and by pointdr2 train --check)
             self.memory_fit_text = (
-                f"train.memory_budget {format_bytes(budget)}: finetune.mode {fit['mode']}, batch {fit['batch_size']} = "
+                f"train.memory_budget {memory_plan.format_bytes(budget)}: finetune.mode {fit['mode']}, batch {fit['batch_size']} = "
                 f"{fit['micro_batch']} x {fit['accumulate']} accumulation x {world} processes; predicted "
-                f"{format_bytes(fit['total_bytes'])} per process ({fit['reason']})"
+                f"{memory_plan.format_bytes(fit['total_bytes'])} per process ({fit['reason']})"
                 + (f"; Dr2Net anchor spacing kept >= {fit['min_cache_every']}" if fit["min_cache_every"] else ""))
             if t.batch_size != "auto" and fit["batch_size"] != t.batch_size:  # pragma: no cover - choose_fit keeps it
                 raise RuntimeError(f"memory fit changed the effective batch {t.batch_size} -> {fit['batch_size']}")
@@ -630,7 +500,6 @@ class _Trainer:
 
     # -- coefficients ---------------------------------------------------------------------------
     def _set_coefficients(self, alpha: float, beta: float) -> None:
-        from pointdr2.reversible import apply_coefficients
 
         apply_coefficients(self.net, alpha, beta)
         self.coefficients = (alpha, beta)
@@ -775,7 +644,7 @@ class _Trainer:
                              "peak_memory_bytes": peak_memory_bytes(self.device)}
                     if act_bytes is not None:
                         stats["activation_bytes"] = act_bytes
-                    stats.update(_stack_stats(self.net))
+                    stats.update(stack_stats(self.net))
                     if self.schedule is not None:
                         stats["alpha"], stats["beta"] = self.coefficients
                     stats["epoch"] = epoch + step / self.steps_per_epoch

@@ -31,7 +31,7 @@ from pointdr2.config import find_config
 from pointdr2.data import build_dataset
 from pointdr2.engine.inference import load_for_eval
 from pointdr2.engine.memory import SavedTensorMeter
-from pointdr2.engine.trainer import build_network
+from pointdr2.engine.network import build_network
 from pointdr2.models import build_model, load_pretrained
 from pointdr2.study.data import generate
 from pointdr2.study.runs import RunSpec, execute, read_run

@@ -12,6 +12,7 @@ from engine_tiny import blobs_fn, engine_config, tiny_transformer_overrides
 from pointdr2.cli import main
 from pointdr2.config import ConfigError, load_config, parse_size
 from pointdr2.engine.evaluator import forward_batch
+from pointdr2.engine.network import build_network, coefficient_schedule
 from pointdr2.engine.plan import (
     Affine,
     MemoryBudgetError,
@@ -21,7 +22,7 @@ from pointdr2.engine.plan import (
     measure_plan,
     synthetic_sample,
 )
-from pointdr2.engine.trainer import _coefficient_schedule, build_network, train
+from pointdr2.engine.trainer import train
 from pointdr2.models import build_model
 from pointdr2.reversible import PrecisionGuard, choose_cache_every, iter_stacks
 
@@ -80,7 +81,7 @@ def test_static_bytes_are_weights_grads_and_adamw_state(tiny_plan):
 def test_saved_bytes_extrapolate_to_an_unmeasured_batch(tiny_plan):
     cfg, plan = tiny_plan
     assert plan.probe_batches == (2, 4)
-    sched = _coefficient_schedule(cfg.finetune)
+    sched = coefficient_schedule(cfg.finetune)
     a0, b0 = sched(0.0)
     a1, b1 = sched(float(cfg.finetune.end_epoch))
     cases = [("conventional", None, 1.0, 0.0), ("checkpoint", None, 1.0, 0.0),
