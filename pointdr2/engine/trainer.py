@@ -284,20 +284,36 @@ class _Trainer:
     def _setup(self, check_world: int | None = None) -> None:
         """Build everything before the first step. ``check_world``: only check, as that many processes
         would (no process group, no DDP wrapper, nothing removed by --force; see :func:`check`)."""
-        cfg, t = self.cfg, self.cfg.train
+        checking = check_world is not None
+        self._setup_process(check_world)
+        # Data first: a missing dataset root should fail before any model work (and before the run directory
+        # is claimed: a bad dataset or a memory budget nothing fits leaves nothing behind).
+        self._setup_data()
+        self._setup_run_dir(checking)
+        self._setup_model()
+        self._setup_network(checking)
+        self._setup_optimization()
+        self._setup_loader(checking)
+        self.start_epoch, self.global_step, self.step_in_epoch = 0, 0, 0
+        self.best_metric, self.best_epoch, self.last_metrics = -math.inf, -1, {}
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+
+    def _setup_process(self, check_world: int | None) -> None:
+        """Device, process group (or the world a check assumes), determinism and seeds."""
+        t = self.cfg.train
         self.device = resolve_device(t.device)
         check_run_dir(self.run_dir, resume=self.resume, force=self.force)
-        checking = check_world is not None
-        self.dist = dist_utils.DistInfo(world_size=check_world) if checking \
+        self.dist = dist_utils.DistInfo(world_size=check_world) if check_world is not None \
             else dist_utils.init_distributed(self.device.type)
         self.main = self.dist.is_main
-        world = self.dist.world_size
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(t.seed)
 
-        # Data first: a missing dataset root should fail before any model work (and before the run directory
-        # is claimed: a bad dataset or a memory budget nothing fits leaves nothing behind).
+    def _setup_data(self) -> None:
+        """The train and selection splits, the task, the class count; the resume checkpoint; the memory fit."""
+        cfg, t, world = self.cfg, self.cfg.train, self.dist.world_size
         vf = float(t.val_fraction) if t.select_on == "val" else 0.0
         self.train_set = build_split(cfg, "train", self.dataset_fn, vf)
         self.select_split = t.select_on
@@ -313,6 +329,9 @@ class _Trainer:
         self.ckpt = _load_resume_checkpoint(self.run_dir) if self.resume else None
         self.memory_fit = self._fit_memory(world) if t.get("memory_budget") is not None else None
 
+    def _setup_run_dir(self, checking: bool) -> None:
+        """Claim (or, checking, probe) the run directory; the per-process micro-batch."""
+        t, world = self.cfg.train, self.dist.world_size
         if self.main and checking:
             RunLock(self.run_dir).probe()
         elif self.main:
@@ -323,6 +342,9 @@ class _Trainer:
                              f"x {world} processes")
         self.micro = t.batch_size // (t.accumulate * world)
 
+    def _setup_model(self) -> None:
+        """The model, with the resumed weights or the pretrained ones."""
+        cfg = self.cfg
         self.model = self.model_fn(cfg.model).to(self.device)
         if self.resume:
             if not is_own_checkpoint(self.ckpt):
@@ -333,7 +355,6 @@ class _Trainer:
             self.ckpt = None
             pretrained = cfg.model.get("pretrained")
             if pretrained:
-
                 # a path, or an https:// / file:// URL downloaded once into the weights cache
                 path = resolve_weights(pretrained, cfg.model.get("pretrained_sha256"),
                                        progress=bool(cfg.run.progress) and self.main)
@@ -341,19 +362,24 @@ class _Trainer:
                 log.info("loaded pretrained weights from %s (%d missing, %d unexpected keys)", path,
                          len(getattr(report, "missing", [])), len(getattr(report, "unexpected", [])))
 
+    def _setup_network(self, checking: bool) -> None:
+        """The trained network (the model or its surrogate) at the schedule's first coefficients."""
+        cfg, t = self.cfg, self.cfg.train
         ft = cfg.finetune
         self.schedule = coefficient_schedule(ft) if ft.mode == "dr2net" else None
         a0, b0 = self.schedule(0.0) if self.schedule is not None else (1.0, 0.0)
         self.net = build_network(self.model, ft, a0, b0, train=True).to(self.device)
         cap = (self.memory_fit or {}).get("min_cache_every")
         if cap:
-
             for stack in iter_stacks(self.net):
                 stack.guard.min_cache_every = int(cap)
         if t.get("sync_bn") and self.dist.enabled and not checking:
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self.coefficients = (float(a0), float(b0))
 
+    def _setup_optimization(self) -> None:
+        """Optimizer (the surrogate's own parameters included), learning-rate schedule, mixed precision."""
+        t = self.cfg.train
         extra = []
         own = {id(p) for p in self.model.parameters()}
         for name, p in self.net.named_parameters():
@@ -371,6 +397,9 @@ class _Trainer:
         self.amp = amp
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
 
+    def _setup_loader(self, checking: bool) -> None:
+        """The DDP wrapper and the train loader with its resumable epoch sampler."""
+        t, world = self.cfg.train, self.dist.world_size
         self.ddp = None
         if self.dist.enabled and not checking:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -386,11 +415,6 @@ class _Trainer:
         self.loader = DataLoader(self.train_set, batch_size=self.micro, sampler=self.sampler,
                                  num_workers=loader_workers(int(t.num_workers)), worker_init_fn=_seed_worker,
                                  generator=self.loader_gen, pin_memory=self.device.type == "cuda", drop_last=True)
-
-        self.start_epoch, self.global_step, self.step_in_epoch = 0, 0, 0
-        self.best_metric, self.best_epoch, self.last_metrics = -math.inf, -1, {}
-        if self.ckpt is not None:
-            self._restore(self.ckpt)
 
     def _fit_memory(self, world: int) -> dict:
         """``train.memory_budget``: measure the plan (``pointdr2.engine.plan``) on this device with the training
@@ -550,9 +574,58 @@ class _Trainer:
 
     # -- one epoch ------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int, stop: _StopFlag, logger: RunLogger) -> str | None:
+        """One epoch (or the rest of an interrupted one); "signal" when a stop was requested."""
         t = self.cfg.train
         accum = int(t.accumulate)
-        start_step = self.step_in_epoch
+        step = self.step_in_epoch
+        self._start_epoch(epoch, step)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # loss sum, correct, seen (samples or points), micro-batches
+        totals = [torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.int64),
+                  torch.zeros((), dtype=torch.int64), torch.zeros((), dtype=torch.int64)]
+        samples_since, t_since = 0, time.perf_counter()
+        reset_peak_memory(self.device)
+        show = self.main and bool(self.cfg.run.progress)
+        # off a terminal the run.log_every lines are the progress: no bar in a redirected log
+        bar = progress_bar(total=self.steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{t.epochs}",
+                           enabled=show, log_lines=False, leave=False, dynamic_ncols=True)
+        micro_i, act_bytes = 0, None
+        self._update_coefficients(epoch, step)
+        try:
+            for batch in self.loader:
+                last_micro = micro_i == accum - 1
+                loss, measured = self._backward_micro(batch, last_micro, act_bytes is None and micro_i == 0, totals)
+                act_bytes = measured if measured is not None else act_bytes
+                micro_i += 1
+                if not last_micro:
+                    continue
+                micro_i = 0
+                gnorm, stop_now = self._optimizer_step(params, loss, stop, epoch, step)
+                step += 1
+                samples_since += t.batch_size
+                bar.update(1)
+                if self.global_step % max(int(self.cfg.run.log_every), 1) == 0 or step == self.steps_per_epoch:
+                    stats = self._step_record(loss, gnorm, samples_since / max(time.perf_counter() - t_since, 1e-9),
+                                              act_bytes, epoch + step / self.steps_per_epoch)
+                    self._log_step(logger, stats)
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}")
+                    samples_since, t_since = 0, time.perf_counter()
+                if stop_now and step < self.steps_per_epoch:
+                    self.step_in_epoch = step
+                    return "signal"
+                self._update_coefficients(epoch, step)
+        finally:
+            bar.close()
+        self.step_in_epoch = 0
+        loss_sum, correct, seen, batches = dist_utils.all_reduce_sum(torch.stack([v.double() for v in totals]))
+        self.epoch_train = {"loss": float(loss_sum / max(batches, 1)), "acc": float(100.0 * correct / max(seen, 1)),
+                            "activation_bytes": act_bytes}
+        return "signal" if stop.requested is not None else None
+
+    def _start_epoch(self, epoch: int, start_step: int) -> None:
+        """Random streams, sampler and dataset positioned where an uninterrupted run is at ``start_step``."""
+        t = self.cfg.train
+        accum = int(t.accumulate)
         if start_step and getattr(self, "resumed_rng", None) is not None:
             restore_rng(self.resumed_rng)  # continue the interrupted epoch's random streams
         else:
@@ -563,107 +636,73 @@ class _Trainer:
         self.loader_gen.manual_seed(derive_seed(t.seed, epoch, self.dist.rank, 1))
         self.train_net.train()
 
-        smoothing = float(t.label_smoothing)
-        clip = float(t.grad_clip)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64)
-        seen = torch.zeros((), dtype=torch.int64)
-        batches = torch.zeros((), dtype=torch.int64)
-        samples_since, t_since = 0, time.perf_counter()
-        reset_peak_memory(self.device)
-        show = self.main and bool(self.cfg.run.progress)
-        # off a terminal the run.log_every lines are the progress: no bar in a redirected log
-        bar = progress_bar(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{t.epochs}",
-                           enabled=show, log_lines=False, leave=False, dynamic_ncols=True)
-        step = start_step
-        micro_i = 0
-        act_bytes = None
-        self._update_coefficients(epoch, step)
-        try:
-            for batch in self.loader:
-                last_micro = micro_i == accum - 1
-                measure = act_bytes is None and micro_i == 0
-                sync = self.ddp.no_sync() if (self.ddp is not None and not last_micro) else contextlib.nullcontext()
-                meter = SavedTensorMeter(self.model) if measure else contextlib.nullcontext()
-                with sync:
-                    with meter, amp_context(self.device, self.amp):
-                        logits = forward_batch(self.train_net, batch, self.task, self.device)
-                        target = batch["label"].to(self.device, non_blocking=True)
-                        loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
-                    if measure:
-                        act_bytes = meter.bytes
-                    scaled = loss / accum
-                    if self.scaler is not None:
-                        scaled = self.scaler.scale(scaled)
-                    scaled.backward()
-                with torch.no_grad():
-                    loss_sum += loss.detach().double().cpu()
-                    batches += 1
-                    correct += (logits.detach().argmax(dim=1) == target).sum().cpu()
-                    seen += target.numel()  # samples (classification) or points (segmentation)
-                micro_i += 1
-                if not last_micro:
-                    continue
-                micro_i = 0
+    def _backward_micro(self, batch: dict, last_micro: bool, measure: bool, totals: list) -> tuple[torch.Tensor, int | None]:
+        """Forward and backward of one micro-batch (gradients accumulate); its loss, and with ``measure`` the
+        bytes autograd saved for its backward. ``totals`` (loss sum, correct, seen, batches) grows in place."""
+        accum = int(self.cfg.train.accumulate)
+        sync = self.ddp.no_sync() if (self.ddp is not None and not last_micro) else contextlib.nullcontext()
+        meter = SavedTensorMeter(self.model) if measure else contextlib.nullcontext()
+        with sync:
+            with meter, amp_context(self.device, self.amp):
+                logits = forward_batch(self.train_net, batch, self.task, self.device)
+                target = batch["label"].to(self.device, non_blocking=True)
+                loss = F.cross_entropy(logits.float(), target, label_smoothing=float(self.cfg.train.label_smoothing))
+            scaled = loss / accum
+            if self.scaler is not None:
+                scaled = self.scaler.scale(scaled)
+            scaled.backward()
+        with torch.no_grad():
+            totals[0] += loss.detach().double().cpu()
+            totals[3] += 1
+            totals[1] += (logits.detach().argmax(dim=1) == target).sum().cpu()
+            totals[2] += target.numel()  # samples (classification) or points (segmentation)
+        return loss, (meter.bytes if measure else None)
 
-                # One optimizer step. Flags agree across ranks so every process stops together.
-                if self.scaler is not None:
-                    self.scaler.unscale_(self.optimizer)
-                gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-                flags = torch.tensor([float(not torch.isfinite(loss.detach()).item()),
-                                      float(stop.requested is not None)])
-                flags = dist_utils.all_reduce_sum(flags)
-                diverged = flags[0] > 0 or (self.scaler is None and not torch.isfinite(gnorm).item())
-                if diverged:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    coeffs = (f", alpha/beta {self.coefficients[0]:.3g}/{self.coefficients[1]:.3g}"
-                              if self.schedule is not None else "")
-                    kept = (f"the last good checkpoint {self.run_dir / 'last.pth'} (epoch {epoch}) is kept"
-                            if (self.run_dir / "last.pth").is_file() else "no checkpoint had been written yet")
-                    raise TrainingDiverged(
-                        f"loss became {float(loss.detach()):.4g} at epoch {epoch + 1} step {step + 1} (grad norm "
-                        f"{float(gnorm):.4g}, lr {self.lr_schedule.get_last_lr():.3g}{coeffs}); training stopped and "
-                        f"{kept}; try a lower train.lr, train.amp=none or finetune.backprop=auto")
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.lr_schedule.step()
-                self.global_step += 1
-                step += 1
-                samples_since += t.batch_size
-                bar.update(1)
+    def _optimizer_step(self, params: list, loss: torch.Tensor, stop: _StopFlag, epoch: int, step: int
+                        ) -> tuple[torch.Tensor, bool]:
+        """Clip, check for divergence, step. Flags agree across ranks so every process stops together.
+        Returns the gradient norm and whether a stop was requested on any rank."""
+        clip = float(self.cfg.train.grad_clip)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        flags = torch.tensor([float(not torch.isfinite(loss.detach()).item()), float(stop.requested is not None)])
+        flags = dist_utils.all_reduce_sum(flags)
+        if flags[0] > 0 or (self.scaler is None and not torch.isfinite(gnorm).item()):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise self._diverged(loss, gnorm, epoch, step)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_schedule.step()
+        self.global_step += 1
+        return gnorm, bool(flags[1] > 0)
 
-                if self.global_step % max(int(self.cfg.run.log_every), 1) == 0 or step == self.steps_per_epoch:
-                    elapsed = max(time.perf_counter() - t_since, 1e-9)
-                    stats = {"loss": float(loss.detach()), "lr": self.optimizer.param_groups[0]["lr"],
-                             "grad_norm": float(gnorm), "samples_per_s": samples_since / elapsed,
-                             "peak_memory_bytes": peak_memory_bytes(self.device)}
-                    if act_bytes is not None:
-                        stats["activation_bytes"] = act_bytes
-                    stats.update(stack_stats(self.net))
-                    if self.schedule is not None:
-                        stats["alpha"], stats["beta"] = self.coefficients
-                    stats["epoch"] = epoch + step / self.steps_per_epoch
-                    self._log_step(logger, stats)
-                    bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}")
-                    samples_since, t_since = 0, time.perf_counter()
+    def _diverged(self, loss: torch.Tensor, gnorm: torch.Tensor, epoch: int, step: int) -> TrainingDiverged:
+        coeffs = (f", alpha/beta {self.coefficients[0]:.3g}/{self.coefficients[1]:.3g}"
+                  if self.schedule is not None else "")
+        kept = (f"the last good checkpoint {self.run_dir / 'last.pth'} (epoch {epoch}) is kept"
+                if (self.run_dir / "last.pth").is_file() else "no checkpoint had been written yet")
+        return TrainingDiverged(
+            f"loss became {float(loss.detach()):.4g} at epoch {epoch + 1} step {step + 1} (grad norm "
+            f"{float(gnorm):.4g}, lr {self.lr_schedule.get_last_lr():.3g}{coeffs}); training stopped and "
+            f"{kept}; try a lower train.lr, train.amp=none or finetune.backprop=auto")
 
-                if flags[1] > 0 and step < self.steps_per_epoch:
-                    self.step_in_epoch = step
-                    return "signal"
-                self._update_coefficients(epoch, step)
-        finally:
-            bar.close()
-        self.step_in_epoch = 0
-        totals = dist_utils.all_reduce_sum(torch.stack([loss_sum, correct.double(), seen.double(), batches.double()]))
-        self.epoch_train = {"loss": float(totals[0] / max(totals[3], 1)),
-                            "acc": float(100.0 * totals[1] / max(totals[2], 1)),
-                            "activation_bytes": act_bytes}
-        return "signal" if stop.requested is not None else None
+    def _step_record(self, loss: torch.Tensor, gnorm: torch.Tensor, samples_per_s: float, act_bytes: int | None,
+                     epoch: float) -> dict:
+        """The structured record of one logged step (metrics.jsonl, tensorboard, the log line)."""
+        stats = {"loss": float(loss.detach()), "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": float(gnorm),
+                 "samples_per_s": samples_per_s, "peak_memory_bytes": peak_memory_bytes(self.device)}
+        if act_bytes is not None:
+            stats["activation_bytes"] = act_bytes
+        stats.update(stack_stats(self.net))
+        if self.schedule is not None:
+            stats["alpha"], stats["beta"] = self.coefficients
+        stats["epoch"] = epoch
+        return stats
 
     def _log_step(self, logger: RunLogger, stats: dict) -> None:
         step = self.global_step
