@@ -22,7 +22,8 @@ from pointdr2.models import to_dr2net
 from pointdr2.models.checkpoints import STATE_KEYS, load_into
 from pointdr2.reversible import CoefficientSchedule, stack_reports
 
-__all__ = ["FINETUNE_MODES", "BACKPROP_MODES", "BENCH_MODES", "build_network", "bench_finetune", "coefficient_schedule",
+__all__ = ["FINETUNE_MODES", "BACKPROP_MODES", "BENCH_MODES", "build_network", "bench_finetune", "stack_mode",
+           "coefficient_schedule",
            "stack_stats", "resolve_device", "load_model_weights"]
 
 FINETUNE_MODES = ("dr2net", "conventional", "checkpoint")
@@ -40,25 +41,19 @@ def build_network(model: nn.Module, cfg_finetune: Mapping, alpha: float, beta: f
     surrogate runs in ``standard`` mode (no backward).
     """
     mode = cfg_finetune["mode"]
-    if mode not in FINETUNE_MODES:
-        raise ValueError(f"finetune.mode must be one of {', '.join(FINETUNE_MODES)}, got {mode!r}")
+    stack = stack_mode(cfg_finetune, train)  # validates mode and backprop
     if mode == "conventional":
         return model
-    recompute = bool(cfg_finetune.get("recompute_stem", True)) and train
+    # plain autograd through an exact-backprop surrogate: nothing recomputed, the stem included
+    recompute = bool(cfg_finetune.get("recompute_stem", True)) and stack != "standard"
     if mode == "checkpoint":
-        return to_dr2net(model, 1.0, 0.0, mode="checkpoint" if train else "standard", recompute_stem=recompute)
-    backprop = str(cfg_finetune.get("backprop", "auto"))
-    if backprop not in BACKPROP_MODES:
-        raise ValueError(f"finetune.backprop must be one of {', '.join(BACKPROP_MODES)}, got {backprop!r}")
+        return to_dr2net(model, 1.0, 0.0, mode=stack, recompute_stem=recompute)
     kw: dict[str, Any] = {"output": cfg_finetune.get("output", "last"),
                           "residual": str(cfg_finetune.get("residual", "block"))}
-    if backprop == "exact":
-        train = False  # plain autograd through the surrogate: stack mode standard, no recomputed stem
-        recompute = False
-    if train:
+    if stack != "standard":
         kw.update(cache_every=cfg_finetune.get("cache_every"), tolerance=float(cfg_finetune.get("tolerance", 1e-4)),
                   recompute_stem=recompute)
-    return to_dr2net(model, float(alpha), float(beta), mode=backprop if train else "standard", **kw)
+    return to_dr2net(model, float(alpha), float(beta), mode=stack, **kw)
 
 
 def coefficient_schedule(cfg_finetune: Mapping) -> CoefficientSchedule:
@@ -162,6 +157,20 @@ BENCH_MODES: dict[str, dict[str, Any]] = {
     "dr2net-auto": {"mode": "dr2net", "backprop": "auto", "cache_every": None},
     "dr2net-exact": {"mode": "dr2net", "backprop": "exact"},
 }
+
+
+def stack_mode(cfg_finetune: Mapping, train: bool = True) -> str:
+    """The :class:`~pointdr2.reversible.Dr2Stack` mode that finetune settings run a stack in: conventional
+    and exact backprop ``standard`` (plain autograd), checkpoint ``checkpoint``, dr2net its backprop
+    (``auto`` | ``reversible``); ``standard`` when not training (no backward)."""
+    mode, backprop = cfg_finetune["mode"], str(cfg_finetune.get("backprop", "auto"))
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"finetune.mode must be one of {', '.join(FINETUNE_MODES)}, got {mode!r}")
+    if mode == "dr2net" and backprop not in BACKPROP_MODES:
+        raise ValueError(f"finetune.backprop must be one of {', '.join(BACKPROP_MODES)}, got {backprop!r}")
+    if not train or mode == "conventional" or (mode == "dr2net" and backprop == "exact"):
+        return "standard"
+    return "checkpoint" if mode == "checkpoint" else backprop
 
 
 def bench_finetune(mode: str, base: Mapping | None = None) -> dict[str, Any]:

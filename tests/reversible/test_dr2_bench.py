@@ -10,28 +10,34 @@ import torch
 import torch.nn.functional as F
 
 from pointdr2.bench import memory, precision
-from pointdr2.bench.cases_stack import AttentionSubBlock, MlpSubBlock, build_case
+from pointdr2.bench.cases_stack import build_case, vit_stack
+from pointdr2.commands import bench as bench_command
 from pointdr2.reversible import reconstruction_growth
 
 
 def parse(module, argv):
+    """``pointdr2 bench memory|precision ARGV`` as the command line turns it into the module's Options."""
     p = argparse.ArgumentParser()
-    module.add_arguments(p)
-    return p.parse_args(argv)
+    bench_command.declare(module.__name__.rsplit(".", 1)[1], p)
+    return bench_command._options(module.Options, p.parse_args(argv))
 
 
-def test_attention_sub_block_matches_sdpa_reference():
+def test_stack_case_sub_blocks_match_explicit_softmax_reference():
+    """The stack case's units (the project's Block split into attention and MLP sub-blocks) against an
+    explicit softmax(q k^T / sqrt(d)) v and fc2(GELU(fc1(LN(x)))) written out here, in float64."""
     torch.manual_seed(0)
-    blk = AttentionSubBlock(dim=12, heads=3).double().eval()
+    attn_unit, mlp_unit = vit_stack(depth=1, dim=12, heads=3, drop_path=0.0).double().eval().blocks
+    blk = attn_unit.block
     x, pos = torch.randn(2, 5, 12, dtype=torch.float64), torch.randn(2, 5, 12, dtype=torch.float64)
     u = x + pos
-    q, k, v = F.linear(F.layer_norm(u, (12,), blk.norm.weight, blk.norm.bias), blk.qkv.weight).chunk(3, -1)
-    heads = [t.reshape(2, 5, 3, 4).transpose(1, 2) for t in (q, k, v)]
-    y = F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(2, 5, 12)
-    assert torch.allclose(blk(x, 0.3, pos), 0.3 * u + blk.proj(y), atol=1e-12)
-    mlp = MlpSubBlock(dim=12).double().eval()
-    ref = 0.3 * x + mlp.fc2(F.gelu(mlp.fc1(mlp.norm(x))))
-    assert torch.allclose(mlp(x, 0.3, pos), ref, atol=1e-12)
+    q, k, v = F.linear(F.layer_norm(u, (12,), blk.norm1.weight, blk.norm1.bias), blk.attn.qkv.weight).chunk(3, -1)
+    q, k, v = (t.reshape(2, 5, 3, 4).transpose(1, 2) for t in (q, k, v))
+    y = ((q @ k.transpose(-2, -1)) / 2.0).softmax(dim=-1) @ v
+    ref = 0.3 * u + F.linear(y.transpose(1, 2).reshape(2, 5, 12), blk.attn.proj.weight, blk.attn.proj.bias)
+    assert torch.allclose(attn_unit(x, 0.3, pos), ref, atol=1e-12)
+    m = mlp_unit.block.mlp
+    ref = 0.3 * x + m.fc2(F.gelu(m.fc1(F.layer_norm(x, (12,), mlp_unit.block.norm2.weight, mlp_unit.block.norm2.bias))))
+    assert torch.allclose(mlp_unit(x, 0.3, pos), ref, atol=1e-12)
 
 
 def test_precision_bench_quick_rows():
@@ -48,15 +54,15 @@ def test_precision_bench_quick_rows():
 
 
 def test_memory_configs_and_bad_modes():
-    rows = memory._configs(parse(memory, ["--depths", "6,12", "--modes", "conventional,dr2net", "--auto", "start"]))
+    rows = memory.row_configs(parse(memory, ["--depths", "6,12", "--modes", "conventional,dr2net", "--auto", "start"]))
     assert [(r["label"], r["depth"]) for r in rows] == [
         ("conventional", 6), ("dr2net", 6), ("conventional", 12), ("dr2net", 12), ("auto@start", 12)
     ]
     assert (rows[-1]["alpha"], rows[-1]["beta"], rows[-1]["mode"]) == (1.0, 0.1, "dr2net-auto")
     with pytest.raises(ValueError, match="modes"):
-        memory._configs(parse(memory, ["--modes", "fast"]))
+        memory.row_configs(parse(memory, ["--modes", "fast"]))
     with pytest.raises(ValueError, match="auto"):
-        memory._configs(parse(memory, ["--auto", "begin"]))
+        memory.row_configs(parse(memory, ["--auto", "begin"]))
     with pytest.raises(ValueError, match="mode"):
         build_case("stack", "fast", 1, 1, 1, 0.0, 1.0, "cpu")
 
@@ -85,7 +91,7 @@ def test_memory_worker_saved_only_measures_the_same_bytes_without_stepping():
     assert only["peak_bytes"] is None and only["step_s"] is None
     assert "-" in memory.format_table([only]).splitlines()[-1]
     with pytest.raises(ValueError, match="measure"):
-        memory._configs(parse(memory, ["--measure", "saved,speed"]))
+        memory.row_configs(parse(memory, ["--measure", "saved,speed"]))
 
 
 def test_memory_worker_runs_in_a_fresh_process():
