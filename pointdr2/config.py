@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from pointdr2.hints import closest
+from pointdr2.hints import closest, did_you_mean
 
 __all__ = ["Config", "ConfigError", "DEFAULTS", "load_config", "dump_config", "find_config", "parse_size"]
 
@@ -319,13 +319,53 @@ def _is_number(value: Any) -> bool:
 
 
 # Keys whose value must be positive (the consumers would fail later with a message that names no key).
-POSITIVE = ("train.epochs", "train.batch_size", "train.lr", "train.accumulate", "eval.batch_size")
+POSITIVE = ("train.epochs", "train.batch_size", "train.lr", "train.accumulate", "eval.batch_size",
+            "finetune.tolerance", "train.val_every", "run.log_every", "eval.vote")
+# Keys that count things: whole numbers (2.0 is taken as 2; 2.5 is refused).
+INTEGERS = ("train.epochs", "train.batch_size", "train.accumulate", "train.seed", "train.num_workers",
+            "train.val_every", "eval.batch_size", "eval.vote", "run.log_every")
+# Keys whose value may not be negative, and keys with an interval: (low, high, closed at high).
+NON_NEGATIVE = ("train.min_lr", "train.weight_decay", "train.warmup_epochs", "train.grad_clip", "train.num_workers",
+                "finetune.start_epoch", "finetune.end_epoch")
+INTERVALS = {"train.label_smoothing": (0.0, 1.0, False), "train.val_fraction": (0.0, 1.0, False)}
+# Keys with a fixed set of values (their consumers accept exactly these).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "finetune.mode": ("dr2net", "conventional", "checkpoint", "auto"),
+    "finetune.shape": ("linear", "cosine", "step"),
+    "finetune.output": ("last", "mean", "sum"),
+    "finetune.residual": ("block", "branch"),
+    "finetune.backprop": ("auto", "reversible", "exact"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "train.select_on": ("val", "test"),
+}
+
+
+def _check_value(full: str, value: Any) -> None:
+    """The range or choice rules of one key (its kind already checked)."""
+    if full in CHOICES and value not in CHOICES[full]:
+        raise ConfigError(f"{full}: expected one of {', '.join(CHOICES[full])}, got {value!r}"
+                          + did_you_mean(str(value), CHOICES[full]))
+    if not _is_number(value):
+        return
+    if full in INTEGERS and value != int(value):
+        raise ConfigError(f"{full}: expected a whole number, got {value!r}")
+    if full in POSITIVE and not value > 0:
+        raise ConfigError(f"{full}: expected a positive number, got {value!r}")
+    if full in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{full}: expected a number >= 0, got {value!r}")
+    if full in INTERVALS:
+        low, high, closed = INTERVALS[full]
+        if not (low <= value <= high if closed else low <= value < high):
+            raise ConfigError(f"{full}: expected a number in [{low:g}, {high:g}{']' if closed else ')'}, got {value!r}")
 
 
 def _check_types(tree: Mapping, defaults: Mapping, prefix: str = "") -> None:
     """Every engine key's value has its default's kind (number, bool, text, list of numbers, section).
 
-    One-line ``ConfigError`` naming the full key, e.g. ``train.lr: expected a number, got 'abc' (str)``.
+    One-line ``ConfigError`` naming the full key, e.g. ``train.lr: expected a number, got 'abc' (str)``, and the
+    key's range or choices (:data:`POSITIVE`, :data:`INTEGERS`, :data:`NON_NEGATIVE`, :data:`INTERVALS`,
+    :data:`CHOICES`): ``finetune.shape: expected one of linear, cosine, step, got 'zigzag'``.
     Keys whose default is None, and the open sections (dataset, model), are checked by their consumers.
     A number given for a text key is replaced in ``tree`` by its text (``run.dir=2024``).
     """
@@ -359,8 +399,9 @@ def _check_types(tree: Mapping, defaults: Mapping, prefix: str = "") -> None:
             continue
         if not ok:
             raise ConfigError(f"{full}: expected {kind}, got {value!r} ({type(value).__name__})")
-        if full in POSITIVE and not value > 0:
-            raise ConfigError(f"{full}: expected a positive number, got {value!r}")
+        _check_value(full, value)
+        if full in INTEGERS and _is_number(value):
+            tree[key] = int(value)
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,

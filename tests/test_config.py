@@ -116,3 +116,23 @@ def test_did_you_mean_names_the_closest_choices_or_the_fallback():
     assert did_you_mean("epoch", ["epochs", "lr", "seed"], prefix="train.") == "; did you mean train.epochs?"
     assert did_you_mean("zzz", ["epochs", "lr"], otherwise="; known: epochs, lr") == "; known: epochs, lr"
     assert did_you_mean("modelnet41", ["modelnet40", "s3dis"], cutoff=0.4) == "; did you mean modelnet40?"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("finetune.shape=zigzag", "finetune.shape: expected one of linear, cosine, step, got 'zigzag'"),
+    ("finetune.mode=dr2nett", "finetune.mode: expected one of .*; did you mean dr2net"),
+    ("train.amp=fp8", "train.amp: expected one of none, bf16, fp16"),
+    ("train.epochs=2.5", "train.epochs: expected a whole number, got 2.5"),
+    ("train.weight_decay=-0.1", r"train.weight_decay: expected a number >= 0, got -0.1"),
+    ("train.label_smoothing=1", r"train.label_smoothing: expected a number in \[0, 1\), got 1"),
+    ("finetune.tolerance=0", "finetune.tolerance: expected a positive number, got 0"),
+    ("train.lr=-1", "train.lr: expected a positive number, got -1"),
+])
+def test_values_are_checked_by_key_with_their_range_or_choices(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_whole_numbers_given_as_floats_become_ints():
+    cfg = load_config(None, ["train.epochs=3.0", "train.seed=7"])
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int) and cfg.train.seed == 7
