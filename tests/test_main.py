@@ -52,3 +52,18 @@ def test_parser_and_version_import_no_torch():
     assert out == "False"
     version = subprocess.run([sys.executable, "-m", "pointdr2", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("pointdr2 ")
+
+
+def test_layers_below_the_command_line_import_no_viz_and_no_commands():
+    """The engine, data, study and benchmark modules import neither pointdr2.viz (an optional extra's
+    front end) nor the command layer; only pointdr2.commands knows argparse, printing and exit codes."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import pointdr2.engine, pointdr2.engine.inference, pointdr2.engine.plan, pointdr2.data, pointdr2.study\n"
+            "import pointdr2.study.demo, pointdr2.bench.memory, pointdr2.bench.ops, pointdr2.bench.plan\n"
+            "import pointdr2.bench.precision, pointdr2.data.bench\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('pointdr2.viz', 'pointdr2.commands', 'pointdr2.cli'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
