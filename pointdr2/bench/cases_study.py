@@ -34,6 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pointdr2.bench import memory
+from pointdr2.bench.memory import model_for_mode
+from pointdr2.data import build_dataset
+from pointdr2.models import build_model, load_pretrained
+
 ENV = "POINTDR2_STUDY_CASE"
 
 
@@ -74,8 +79,6 @@ def sized_configs(spec: Mapping, depth: int | None, points: int | None) -> tuple
 
 def study_batch(dataset_cfg: Mapping, batch: int, seed: int = 0, split: str = "train") -> dict[str, torch.Tensor]:
     """The first ``batch`` samples of ``split`` (val carve with ``seed``), collated."""
-    from pointdr2.data import build_dataset
-
     dataset = build_dataset(dataset_cfg, split, val_fraction=0.1, seed=seed)
     if len(dataset) < 1:
         raise ValueError(f"cases_study: the {split} split of {dataset_cfg.get('root')} is empty")
@@ -87,9 +90,6 @@ def study_batch(dataset_cfg: Mapping, batch: int, seed: int = 0, split: str = "t
 def build_case(model: str, mode: str, depth: int | None, batch: int, points: int | None, alpha: float, beta: float,
                device: torch.device) -> tuple[nn.Module, tuple[torch.Tensor, ...], Callable[[torch.Tensor], torch.Tensor]]:
     """-> (module in train mode on ``device``, inputs, loss_fn(logits) -> scalar); see the module docstring."""
-    from pointdr2.bench.memory import model_for_mode
-    from pointdr2.models import build_model, load_pretrained
-
     if model != "study":
         raise ValueError(f"cases_study: model must be 'study', got {model!r}")
     spec = read_spec()
@@ -117,15 +117,11 @@ def run_row(cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
     first (so the study does not depend on an entry in memory.py's table); otherwise exactly
     ``pointdr2.bench.memory._run_one``.
     """
-    from pointdr2.bench import memory
-
     return memory._run_one(cfg, timeout, worker_module="pointdr2.bench.cases_study")
 
 
 def _worker_main(argv: list[str]) -> int:
     """``memory``'s worker entry with this module registered as case ``"study"`` first."""
-    from pointdr2.bench import memory
-
     memory.CASE_MODULES.setdefault("study", "pointdr2.bench.cases_study")
     return memory._worker_main(argv)
 

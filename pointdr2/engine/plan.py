@@ -361,7 +361,6 @@ def plan_points(cfg: Mapping) -> int:
 def synthetic_sample(cfg: Mapping, task: str, points: int, index: int) -> dict:
     """One training sample in the dataset's format, without data on disk: ``points [N, in_channels]`` and a
     label (classification), or an indoor-like crop ``pos [N, 3]``, ``feats [C, N]``, ``label [N]``."""
-
     model = cfg.get("model") or {}
     num_classes = int(model.get("num_classes") or 2)
     g = torch.Generator().manual_seed(1000 + index)
@@ -386,7 +385,6 @@ def _sync(device: torch.device) -> None:
 def _schedule_worst(cfg_finetune: Mapping, depth: int, dtype: torch.dtype) -> tuple[dict, dict]:
     """(worst, end) schedule points ``{"alpha", "beta", "k"}``: the guard's smallest spacing along the schedule
     (the earliest such point) and its spacing at the end, both with no measured correction yet."""
-
     sched = coefficient_schedule(cfg_finetune)
     start, end = float(cfg_finetune["start_epoch"]), float(cfg_finetune["end_epoch"])
     tol = float(cfg_finetune.get("tolerance", 1e-4))
@@ -443,7 +441,6 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
                  task: str, probes: Sequence[tuple[int, int]], device: torch.device, name_peak: bool = False,
                  cap_probe: bool = False) -> dict:
     """Probe one network: static bytes, and saved/transient bytes/peak op/stack states per probe."""
-
     torch.manual_seed(0)
     model = model_fn(copy.deepcopy(cfg.model)).to(device)
     net = build_network(model, ft, alpha, beta, train=True).to(device).train()
@@ -524,7 +521,6 @@ def _transient_cap(probe: Callable, size: tuple[int, int]) -> dict | None:
     budget is ``T(16 MiB) + lambda * (budget - 16 MiB)``. None when the budget does not move the transient
     (``lambda < 0.5``: nothing is chunked, e.g. a conventional network or a transformer).
     """
-
     old = ops._budget
     try:
         measured = []
@@ -569,7 +565,6 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
     high-water mark at every module boundary, which slows the probes; always on for CUDA, where it is free).
     RNG states are restored afterwards; the caller's model is not touched.
     """
-
     device = torch.device(device)
     task = task_of_config(cfg)
     n = int(points or plan_points(cfg))

@@ -27,6 +27,7 @@ from pointdr2.models.registry import register_model
 from pointdr2.nn.heads import build_cls_head
 from pointdr2.nn.tokenizer import Group, PointPatchEncoder, check_points, recompute_tokens
 from pointdr2.nn.transformer import Block, TransformerEncoder
+from pointdr2.reversible import Dr2Stack
 
 __all__ = ["PatchTokenizerMixin", "PointTransformer", "PointTransformerDr2", "VARIANTS", "build_point_transformer",
            "stack_units"]
@@ -318,7 +319,6 @@ class PointTransformerDr2(nn.Module):
                  recompute_stem: bool = False, stem_chunk_groups: int | None = None, residual: str = "branch",
                  **stack_kw: Any) -> None:
         super().__init__()
-        from pointdr2.reversible import Dr2Stack
 
         if not isinstance(model, PointTransformer):
             raise ValueError(f"PointTransformerDr2 wraps a PointTransformer, got {type(model).__name__}")

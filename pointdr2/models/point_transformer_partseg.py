@@ -44,6 +44,7 @@ from pointdr2.models.registry import register_model
 from pointdr2.nn.part_seg import PointNetFeaturePropagation, category_one_hot
 from pointdr2.nn.tokenizer import Group, PointPatchEncoder
 from pointdr2.nn.transformer import TransformerEncoder
+from pointdr2.reversible import Dr2Stack, frozen_running_stats
 
 __all__ = ["PointTransformerPartSeg", "PartSegDr2", "build_point_transformer_partseg", "PARTSEG_NAMES"]
 
@@ -237,7 +238,6 @@ class _HeadOnce:
         self.model, self.calls = model, 0
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        from pointdr2.reversible.stack import frozen_running_stats
 
         self.calls += 1
         with frozen_running_stats(self.model) if self.calls > 1 else contextlib.nullcontext():
@@ -259,7 +259,6 @@ class PartSegDr2(nn.Module):
                  mode: str = "reversible", recompute_stem: bool = False, stem_chunk_groups: int | None = None,
                  residual: str = "branch", recompute_head: bool | None = None, **stack_kw: Any) -> None:
         super().__init__()
-        from pointdr2.reversible import Dr2Stack
 
         if not isinstance(model, PointTransformerPartSeg):
             raise ValueError(f"PartSegDr2 wraps a PointTransformerPartSeg, got {type(model).__name__}")

@@ -21,7 +21,15 @@ from typing import Any
 
 import torch
 
+from pointdr2.bench import cases_study, memory
+from pointdr2.bench.cases_study import sized_configs, study_batch
+from pointdr2.bench.memory import model_for_mode
+from pointdr2.engine.evaluator import default_room_predictor, evaluate
+from pointdr2.engine.inference import load_for_eval
+from pointdr2.engine.memory import SavedTensorMeter
+from pointdr2.models import build_model, load_pretrained, to_dr2net
 from pointdr2.progress import bar as progress_bar
+from pointdr2.reversible import iter_stacks
 from pointdr2.study.runs import RunSpec
 
 MEMORY_MODES = ("conventional", "checkpoint", "dr2net")
@@ -39,8 +47,6 @@ def _case_spec(spec: RunSpec, encoder: Path | None, where: Path) -> Path:
 def harness_rows(spec: RunSpec, encoder: Path, cache: Path, steps: int, in_process: bool, threads: int | None,
                  force: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Saved bytes, peak and step time per mode for the finetuning config of ``spec`` (see the module)."""
-    from pointdr2.bench import cases_study, memory
-
     if cache.is_file() and not force:
         return json.loads(cache.read_text())
     cfg = spec.resolved()
@@ -84,11 +90,6 @@ def harness_rows(spec: RunSpec, encoder: Path, cache: Path, steps: int, in_proce
 def saved_bytes(case: Mapping, mode: str, depth: int | None, points: int | None, batch: int) -> int:
     """Bytes autograd saves for backward in one forward of the study model (``SavedTensorMeter``);
     ``dr2net`` is the reversible surrogate at alpha=0, beta=1 (the end of the schedule)."""
-    from pointdr2.bench.cases_study import sized_configs, study_batch
-    from pointdr2.bench.memory import model_for_mode
-    from pointdr2.engine.memory import SavedTensorMeter
-    from pointdr2.models import build_model
-
     model_cfg, dataset_cfg = sized_configs(case, depth, points)
     torch.manual_seed(0)
     net = build_model(model_cfg)
@@ -130,7 +131,6 @@ def _flat_grads(model: torch.nn.Module) -> torch.Tensor:
 
 
 def _surrogate_grads(model, surrogate, mode: str, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    from pointdr2.reversible import iter_stacks
 
     for stack in iter_stacks(surrogate):
         stack.mode = mode
@@ -142,10 +142,6 @@ def _surrogate_grads(model, surrogate, mode: str, points: torch.Tensor, labels: 
 def grad_grid(spec: RunSpec, encoder: Path, alphas: list[float], betas: list[float], batch: int, cache: Path,
               force: bool = False, progress: bool = True) -> dict[str, Any]:
     """Relative gradient error, reversible (whole stack) and auto against standard, float32, per (alpha, beta)."""
-    from pointdr2.bench.cases_study import study_batch
-    from pointdr2.models import build_model, load_pretrained, to_dr2net
-    from pointdr2.reversible import iter_stacks
-
     if cache.is_file() and not force:
         return json.loads(cache.read_text())
     cfg = spec.resolved()
@@ -192,10 +188,6 @@ def preservation(pre: RunSpec, variants: Mapping[str, Mapping[str, Any]], points
     evenly spaced points of the coefficient schedule (standard mode: no backward). The study's variants are
     the finetuning config's recipe and the reference implementation's.
     """
-    from pointdr2.engine.evaluator import default_room_predictor, evaluate
-    from pointdr2.engine.inference import load_for_eval
-    from pointdr2.models import to_dr2net
-
     if cache.is_file() and not force:
         return json.loads(cache.read_text())
     cfg = pre.resolved()
