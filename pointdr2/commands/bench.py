@@ -30,6 +30,14 @@ def _options(cls, args: argparse.Namespace, **extra):
     return cls(**{**{k: v for k, v in vars(args).items() if k in names}, **extra})
 
 
+def _report(text: str, rows: list, json_path: str | None) -> int:
+    """Print a benchmark's report, write its rows to ``--json FILE`` when given; 1 when a row failed."""
+    print(text)
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2))
+    return 1 if any(isinstance(r, dict) and "error" in r for r in rows) else 0
+
+
 # ----------------------------------------------------------------------------- ops
 def _declare_ops(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (median reported)")
@@ -78,10 +86,7 @@ def _run_memory(args: argparse.Namespace) -> int:
 
     opts = _options(memory.Options, args)
     results = memory.measure(opts)
-    print(memory.format_report(results, opts))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 1 if any("error" in r for r in results) else 0
+    return _report(memory.format_report(results, opts), results, args.json)
 
 
 # ----------------------------------------------------------------------------- plan
@@ -113,10 +118,8 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     opts = _plan_options(args)
     rows = plan.measure(opts)
-    print(plan.format_report(rows, opts))
-    if args.json:
-        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "worker"} for r in rows], indent=2))
-    return 1 if any("error" in r for r in rows) else 0
+    return _report(plan.format_report(rows, opts), [{k: v for k, v in r.items() if k != "worker"} for r in rows],
+                   args.json)
 
 
 # ----------------------------------------------------------------------------- precision
@@ -143,10 +146,7 @@ def _run_precision(args: argparse.Namespace) -> int:
 
     opts = _options(precision.Options, args)
     rows = precision.measure(opts)
-    print(precision.format_table(rows, opts))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    return 0
+    return _report(precision.format_table(rows, opts), rows, args.json)
 
 
 # ----------------------------------------------------------------------------- data
