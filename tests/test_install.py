@@ -78,7 +78,7 @@ def test_wheel_in_a_fresh_venv_trains_and_evaluates_from_another_directory(tmp_p
                            text=True, cwd=work, env=env, check=True).stdout.strip()
     assert Path(where).resolve().is_relative_to(venv.resolve()), where  # the wheel's copy, not the checkout
     assert run("info").startswith("pointdr2 ")
-    run("prepare", "synthetic", "--layout", "scanobjectnn", "--size", "test", "--out", "data")
+    run("prepare", "synthetic", "--layout", "scanobjectnn", "--size", "test", "--out", "data/scanobjectnn")
     run("train", "scanobjectnn/pointmae", "dataset.root=data/scanobjectnn", "dataset.variant=OBJ_BG",
         "dataset.num_points=64", "model.trans_dim=32", "model.depth=2", "model.num_heads=2", "model.encoder_dims=32",
         "model.num_group=8", "model.group_size=8", "model.head_hidden=32", "train.epochs=1", "train.batch_size=16",
