@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from pointdr2.engine.distributed import cleanup
 from pointdr2.reversible import Dr2Stack, ResidualBlock
 
 
@@ -51,7 +52,8 @@ def _worker(rank: int, world: int, store: str, queue) -> None:
                 dist.all_reduce(avg)
                 avg /= world
                 worst[mode] = max(worst[mode], float((p.grad - avg).norm() / avg.norm()))
-    dist.destroy_process_group()
+        del ddp, model, ref  # the Reducer goes while the group lives (see engine.distributed.cleanup)
+    cleanup(synchronize=True)  # gc, barrier, destroy: a rank that tears down first can abort its peer
     if rank == 0:
         queue.put(worst)
 
