@@ -93,13 +93,15 @@ DEFAULTS: dict[str, Any] = {
         "amp": "none",
         "seed": 0,
         "num_workers": 4,
-        # Model selection: "val" (a split carved from the training data) or "test" (as the papers).
+        # Model selection: "val" (the best epoch on a split carved from the training data), "last" (no
+        # selection: the final weights; the carved split is still evaluated, for the curve) or "test" (as the
+        # papers did: selection on test data, optimistically biased).
         "select_on": "val",
         "val_fraction": 0.1,
         "val_every": 1,
         "device": "auto",
         "deterministic": False,
-        # With select_on=val: evaluate best.pth once on the test split when training ends.
+        # With select_on=val or last: evaluate best.pth once on the test split when training ends.
         "test_at_end": True,
         # Convert BatchNorm to SyncBatchNorm in multi-process training.
         "sync_bn": False,
@@ -337,7 +339,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "finetune.backprop": ("auto", "reversible", "exact"),
     "train.optimizer": ("adamw", "sgd"),
     "train.amp": ("none", "bf16", "fp16"),
-    "train.select_on": ("val", "test"),
+    "train.select_on": ("val", "last", "test"),
 }
 
 
@@ -439,6 +441,12 @@ def dump_config(cfg: Mapping, path: str | os.PathLike | None = None) -> str:
     if path is not None:
         Path(path).write_text(text, encoding="utf-8")
     return text
+
+
+def carved_fraction(train: Any) -> float:
+    """The validation fraction carved from the training data: ``train.val_fraction`` unless
+    ``train.select_on`` is ``test`` (no carve)."""
+    return 0.0 if train.select_on == "test" else float(train.val_fraction)
 
 
 def find_config(name: str | os.PathLike) -> Path:

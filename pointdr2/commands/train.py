@@ -43,7 +43,7 @@ def run_train(args: argparse.Namespace) -> int:
         summary = check(cfg, world_size=args.nproc, resume=bool(args.resume), force=bool(args.force))
         log.info("check passed: %d process%s, %s; %d train / %d %s samples, %d steps per epoch; run directory %s",
                  summary["processes"], "es" if summary["processes"] > 1 else "", summary["task"], summary["train"],
-                 summary[cfg.train.select_on], cfg.train.select_on, summary["steps_per_epoch"], summary["run_dir"])
+                 summary[summary["select_split"]], summary["select_split"], summary["steps_per_epoch"], summary["run_dir"])
         return 0
     finished = False
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pointdr2.config import Config, find_config, load_config
+from pointdr2.config import Config, carved_fraction, find_config, load_config
 from pointdr2.data import build_dataset
 from pointdr2.engine.checkpoint import is_own_checkpoint, load_checkpoint
 from pointdr2.engine.evaluator import default_room_predictor, is_room_dataset, task_of
@@ -79,7 +79,7 @@ def load_for_eval(cfg: Config, checkpoint: str | os.PathLike, split: str = "test
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {ckpt_path}")
     device = resolve_device(cfg.train.device)
-    vf = float(cfg.train.val_fraction) if cfg.train.select_on == "val" else 0.0
+    vf = carved_fraction(cfg.train)
     dataset = build_dataset(cfg.dataset, split, val_fraction=vf, seed=int(cfg.train.seed))
     if "num_classes" not in cfg.model:
         cfg.model["num_classes"] = int(dataset.num_classes)

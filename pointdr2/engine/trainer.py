@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pointdr2.config import Config, dump_config, parse_size
+from pointdr2.config import Config, carved_fraction, dump_config, parse_size
 from pointdr2.data import build_dataset
 from pointdr2.data.common import AugmentedDataset
 from pointdr2.engine import distributed as dist_utils
@@ -244,7 +244,7 @@ def check(cfg: Config, *, world_size: int = 1, resume: bool = False, force: bool
     if getattr(trainer, "memory_fit_text", None):
         log.info("%s", trainer.memory_fit_text)
     return {"run_dir": str(trainer.run_dir), "processes": world_size, "train": len(trainer.train_set),
-            trainer.select_split: len(trainer.select_set), "task": trainer.task,
+            trainer.select_split: len(trainer.select_set), "select_split": trainer.select_split, "task": trainer.task,
             "steps_per_epoch": trainer.steps_per_epoch, "micro_batch": trainer.micro}
 
 
@@ -268,8 +268,8 @@ class _Trainer:
         if budget is not None:
 
             parse_size(budget, "train.memory_budget")
-        if t.select_on not in ("val", "test"):
-            raise ValueError(f"train.select_on must be val or test, got {t.select_on!r}")
+        if t.select_on not in ("val", "last", "test"):
+            raise ValueError(f"train.select_on must be val, last or test, got {t.select_on!r}")
         for key in ("epochs", "batch_size", "accumulate"):
             if key == "batch_size" and t[key] == "auto":
                 continue
@@ -277,8 +277,9 @@ class _Trainer:
                 raise ValueError(f"train.{key} must be a positive integer, got {t[key]!r}")
         if not 0.0 <= float(t.label_smoothing) < 1.0:
             raise ValueError(f"train.label_smoothing must lie in [0, 1), got {t.label_smoothing!r}")
-        if t.select_on == "val" and not 0.0 < float(t.val_fraction) < 1.0:
-            raise ValueError(f"train.val_fraction must lie in (0, 1) when train.select_on=val, got {t.val_fraction!r}")
+        if t.select_on != "test" and not 0.0 < float(t.val_fraction) < 1.0:
+            raise ValueError(f"train.val_fraction must lie in (0, 1) when train.select_on={t.select_on}, "
+                             f"got {t.val_fraction!r}")
 
     # -- set-up ---------------------------------------------------------------------------------
     def _setup(self, check_world: int | None = None) -> None:
@@ -314,9 +315,11 @@ class _Trainer:
     def _setup_data(self) -> None:
         """The train and selection splits, the task, the class count; the resume checkpoint; the memory fit."""
         cfg, t, world = self.cfg, self.cfg.train, self.dist.world_size
-        vf = float(t.val_fraction) if t.select_on == "val" else 0.0
+        vf = carved_fraction(t)
         self.train_set = build_split(cfg, "train", self.dataset_fn, vf)
-        self.select_split = t.select_on
+        # select_on=last evaluates the carved split too (the curve) but keeps the final weights
+        self.select_split = "test" if t.select_on == "test" else "val"
+        self.select_last = t.select_on == "last"
         self.select_set = build_split(cfg, self.select_split, self.dataset_fn, vf)
         self.task = task_of(self.train_set[0])
         self.metric_name = primary_metric(self.task)
@@ -807,6 +810,10 @@ class _Trainer:
         if self.select_split == "test":
             log.warning("MODEL SELECTION ON THE TEST SET (train.select_on=test), as the Point-BERT/Point-MAE papers "
                         "did: best.pth and its accuracy are chosen on test data and are optimistically biased")
+        elif self.select_last:
+            log.info("no model selection (train.select_on=last): best.pth holds the final weights and the test set is "
+                     "evaluated once with them at the end; a validation split (%.0f%% of the training data) is "
+                     "evaluated for the curve only", 100 * float(t.val_fraction))
         else:
             log.info("model selection on a validation split carved from the training data (%.0f%%); the test "
                      "set is evaluated once, with best.pth, at the end", 100 * float(t.val_fraction))
@@ -825,7 +832,7 @@ class _Trainer:
                 if key in metrics:
                     logger.scalar(f"{self.select_split}/{key}", metrics[key], epoch + 1)
             value = float(metrics[self.metric_name])
-            improved = value > self.best_metric
+            improved = epoch + 1 == int(t.epochs) if self.select_last else value > self.best_metric
             if improved:
                 self.best_metric, self.best_epoch = value, epoch + 1
             logger.record("epoch", epoch=epoch + 1, seconds=seconds, train=self.epoch_train,
@@ -846,7 +853,7 @@ class _Trainer:
     def _final_test(self, logger: RunLogger) -> dict:
         """With val selection: evaluate best.pth once on the test split; write metrics.json."""
         result: dict = {"best_epoch": self.best_epoch, f"best_{self.select_split}_{self.metric_name}": self.best_metric,
-                        "select_on": self.select_split, "last_" + self.select_split: _plain(self.last_metrics)}
+                        "select_on": self.cfg.train.select_on, "last_" + self.select_split: _plain(self.last_metrics)}
         if self.select_split == "val" and self.cfg.train.get("test_at_end", True) and self.best_epoch > 0:
             best = load_checkpoint(self.run_dir / "best.pth")
             current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -864,7 +871,8 @@ class _Trainer:
             self.model.load_state_dict(current)
             if self.schedule is not None:
                 self._set_coefficients(*saved)
-            log.info("test with best.pth (epoch %d, selected on val): %s", self.best_epoch,
+            log.info("test with best.pth (epoch %d, %s): %s", self.best_epoch,
+                     "the last epoch" if self.select_last else "selected on val",
                      " ".join(f"{k} {test[k]:.2f}" for k in METRIC_KEYS if k in test))
             for key in METRIC_KEYS:
                 if key in test:

@@ -163,3 +163,22 @@ def test_force_starts_over(tmp_path):
     new_best = load_checkpoint(run / "best.pth")
     assert new_best["config"]["train"]["lr"] == 0.01 != old_best["config"]["train"]["lr"]
     assert (run / "stale.txt").read_text() == "user file"  # files that are not the run's own stay
+
+
+def test_select_on_last_tests_the_final_weights_and_keeps_the_val_curve(tmp_path):
+    # lr 0.5: the validation curve peaks before the end (58, 75, 67 % OA), so selection and "last" differ
+    common = ("finetune.mode=conventional", "+model.name=tiny", "train.epochs=3", "train.val_every=1", "train.lr=0.5")
+    train(engine_config(tmp_path / "val", *common), dataset_fn=blobs_fn(), model_fn=tiny_model_fn())
+    train(engine_config(tmp_path / "last", *common, "train.select_on=last"), dataset_fn=blobs_fn(),
+          model_fn=tiny_model_fn())
+    last = tmp_path / "last"
+    assert json.loads((tmp_path / "val" / "metrics.json").read_text())["best_epoch"] < 3
+    # best.pth is the final epoch's weights, whatever the validation curve did
+    _same_state(load_checkpoint(last / "best.pth")["model"], load_checkpoint(last / "last.pth")["model"])
+    metrics = json.loads((last / "metrics.json").read_text())
+    assert metrics["select_on"] == "last" and metrics["best_epoch"] == 3 and "oa" in metrics["test"]
+    # the same training as select_on=val (same carve, same steps): only the choice of weights differs
+    _same_state(load_checkpoint(last / "last.pth")["model"], load_checkpoint(tmp_path / "val" / "last.pth")["model"])
+    curve = [r for r in map(json.loads, (last / "metrics.jsonl").read_text().splitlines()) if "val" in r]
+    assert len(curve) == 3 and metrics["best_val_oa"] == curve[-1]["val"]["oa"]
+    assert "no model selection (train.select_on=last)" in (last / "train.log").read_text()
