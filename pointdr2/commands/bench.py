@@ -172,7 +172,7 @@ def _declare_study(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", default="runs/study", help="output directory (runs, study.json, results.md, plots)")
     p.add_argument("--quick", action="store_true", help="CI smoke run: toy data, models and schedules (< 60 s)")
-    p.add_argument("--seeds", type=int, default=None, help="finetuning seeds per mode and track (full: 3, quick: 1)")
+    p.add_argument("--seeds", type=int, default=None, help="finetuning seeds per mode and track (full: 5, fewer for some modes (the report says which); quick: 1)")
     p.add_argument("--ablation-seeds", type=int, default=None, help="seeds per recipe variant (full: 1, quick: 1)")
     p.add_argument("--workers", type=int, default=2, help="training runs at a time (default 2)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of each training run (default 1)")

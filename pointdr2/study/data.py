@@ -3,6 +3,10 @@
 Written once per size into ``<out>/data`` (a marker file records the size; a changed size or
 ``--force`` rewrites it). S3DIS rooms are written in the raw Stanford layout and converted by
 ``pointdr2 prepare s3dis``'s converter, as a user's data would be.
+
+``s3dis-source`` is a second S3DIS-layout building from another generator seed (:data:`SOURCE_SEED_OFFSET`):
+other rooms, other furniture, other colours, none shared with the target building. The PointNeXt track
+pretrains on it and finetunes on ``s3dis-raw``, as one pretrains on one set of scans and finetunes on another.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from pointdr2.data.synthetic import GENERATOR_VERSION, SIZES, write_layout
 from pointdr2.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
+
+SOURCE_SEED_OFFSET = 1000  # the source building's generator seed is the study's seed + this
 
 
 def data_dir(out: Path) -> Path:
@@ -37,7 +43,8 @@ def generate(out: Path, size: str, layouts: tuple[str, ...], force: bool = False
     done: dict[str, dict] = {}
     for layout in progress_bar(layouts, desc="synthetic data", unit="set", leave=False, enabled=progress):
         marker = data / f".{layout}.json"
-        want = {"size": size, "seed": seed, "sizes": SIZES[size], "generator": GENERATOR_VERSION}
+        layout_seed = seed + SOURCE_SEED_OFFSET if layout == "s3dis-source" else seed
+        want = {"size": size, "seed": layout_seed, "sizes": SIZES[size], "generator": GENERATOR_VERSION}
         if layout == "scanobjectnn":
             want["pb_t50_rs"] = bool(pb_t50_rs)
         if marker.is_file() and not force:
@@ -46,11 +53,12 @@ def generate(out: Path, size: str, layouts: tuple[str, ...], force: bool = False
                 done[layout] = have
                 continue
         t0 = time.perf_counter()
-        if layout == "s3dis-raw":
-            raw = data / "s3dis_raw"
-            write_layout(layout, raw, size=size, seed=seed)
-            convert_s3dis(raw, data / "s3dis", overwrite=True, progress=False)
-            folder = data / "s3dis"
+        if layout in ("s3dis-raw", "s3dis-source"):
+            name = "s3dis" if layout == "s3dis-raw" else "s3dis_source"
+            raw = data / f"{name}_raw"
+            write_layout("s3dis-raw", raw, size=size, seed=layout_seed)
+            convert_s3dis(raw, data / name, overwrite=True, progress=False)
+            folder = data / name
         elif layout == "scanobjectnn":
             folder, _ = write_layout(layout, data / "scanobjectnn", size=size, seed=seed, workers=workers,
                                      pb_t50_rs=pb_t50_rs)

@@ -32,7 +32,7 @@ def pretrain_spec(out: Path, track: str, s: Settings) -> RunSpec:
     overrides = [*s.common.get(track, []), *s.pretrain.get(track, []), *data_overrides(out, track, "pretrain"),
                  "finetune.mode=conventional", "train.seed=0"]
     return RunSpec(f"{track}/pretrain", config_path(t.pretrain_config), overrides, Path(out) / track / "pretrain",
-                   kind="pretrain", meta={"cost": 3.0, "seed": 0})
+                   kind="pretrain", meta={"cost": 3.0, "seed": 0, "keep_head": t.keep_head})
 
 
 def _finetune_base(out: Path, track: str, s: Settings) -> list[str]:

@@ -90,7 +90,10 @@ def track_size(track: Mapping[str, Any]) -> str:
     recipe = (f"dr2net recipe: alpha {f['alpha']} / beta {f['beta']} ({f['shape']}, until epoch {f['end_epoch']} of "
               f"{tr['epochs']}), output {f['output']}, residual unit {f['residual']}, backprop {f['backprop']}, "
               f"tolerance {f['tolerance']:g}; batch {tr['batch_size']}, lr {tr['lr']:g}")
-    return f"{size}. {recipe}."
+    tested = {"last": "the final weights tested (no model selection)",
+              "val": f"the best epoch on a {100 * float(tr.get('val_fraction', 0.1)):.0f}% validation carve tested",
+              "test": "the best epoch on the test set (optimistic)"}.get(tr.get("select_on", "val"), "")
+    return f"{size}. {recipe}; {tested}."
 
 
 def results_markdown(study: Mapping[str, Any], pngs: Mapping[str, str]) -> str:

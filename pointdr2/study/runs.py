@@ -79,10 +79,11 @@ def finished(spec: RunSpec) -> bool:
     return same
 
 
-def export_encoder(run_dir: Path) -> Path:
-    """``run_dir/encoder.pth``: the best checkpoint's weights without the task head (new task, new head)."""
+def export_encoder(run_dir: Path, keep_head: bool = False) -> Path:
+    """``run_dir/encoder.pth``, the weights finetuning starts from: the best checkpoint's without its task head
+    (a new task gets a new head) or, with ``keep_head`` (the finetuning task has the same label set), all of them."""
     state = load_checkpoint(run_dir / "best.pth")["model"]
-    encoder = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+    encoder = {k: v for k, v in state.items() if keep_head or not k.startswith(HEAD_PREFIXES)}
     save_atomic({"base_model": encoder}, run_dir / "encoder.pth")
     return run_dir / "encoder.pth"
 
@@ -102,7 +103,7 @@ def _run_one(spec: RunSpec, threads: int) -> float:
         raise StudyRunError(f"run {spec.key} failed (exit {proc.returncode}): {last.strip()} "
                             f"(full log: {spec.run_dir / 'stderr.log'})")
     if spec.kind == "pretrain":
-        export_encoder(spec.run_dir)
+        export_encoder(spec.run_dir, keep_head=bool(spec.meta.get("keep_head", False)))
     (spec.run_dir / "study_seconds.json").write_text(json.dumps({"train_seconds": seconds, "threads": threads}) + "\n")
     return seconds
 

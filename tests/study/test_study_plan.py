@@ -14,15 +14,24 @@ from pointdr2.study.runs import RunSpec
 from pointdr2.study.settings import MODES, full_settings
 
 
-def test_full_plan_runs_pointnext_checkpoint_on_one_seed(tmp_path):
+def test_full_plan_seeds_per_track_and_mode(tmp_path):
     s = full_settings()
     counts = {t: Counter(sp.meta["mode"] for sp in plan.finetune_specs(tmp_path, t, s))
               for t in ("transformer", "pointnext")}
-    assert counts["transformer"] == {m: 3 for m in MODES}
+    assert counts["transformer"] == {"conventional": 5, "checkpoint": 3, "dr2net": 5, "dr2net-exact": 5}
     assert counts["pointnext"] == {"conventional": 3, "checkpoint": 1, "dr2net": 3, "dr2net-exact": 3}
-    s.seeds = 5  # --seeds 5: the reduced mode keeps its one seed, the others get five
+    s.seeds = 2  # --seeds 2 caps every mode, reduced or not
     counts = Counter(sp.meta["mode"] for sp in plan.finetune_specs(tmp_path, "pointnext", s))
-    assert counts["checkpoint"] == 1 and counts["dr2net"] == 5
+    assert counts == {"conventional": 2, "checkpoint": 1, "dr2net": 2, "dr2net-exact": 2}
+    assert Counter(sp.meta["mode"] for sp in plan.finetune_specs(tmp_path, "transformer", s)) == {m: 2 for m in MODES}
+
+
+def test_pointnext_pretrains_on_another_building(tmp_path):
+    pre = plan.pretrain_spec(tmp_path, "pointnext", full_settings()).resolved()
+    fine = plan.finetune_specs(tmp_path, "pointnext", full_settings())[0].resolved()
+    assert Path(pre.dataset.root) == tmp_path / "data" / "s3dis_source"
+    assert Path(fine.dataset.root) == tmp_path / "data" / "s3dis"
+    assert "merge_classes" not in pre.dataset  # the same 13 classes, other rooms
 
 
 def _spec(tmp_path: Path, mode: str, seed: int, pred) -> RunSpec:
