@@ -5,7 +5,7 @@
    ModelNet40-layout objects (supervised classification);
 3. finetunes the pretrained encoder on ScanObjectNN (the variant of ``configs/demo.yaml``: OBJ_ONLY) twice,
    conventionally and with Dr²Net (the shipped recipe), side by side as two ``pointdr2 train`` processes;
-   each selects its best epoch on a validation split and is tested once on 600 test objects;
+   each tests its final weights (no model selection, the study's protocol) once on 600 test objects;
 4. measures, alone on the machine, the activation memory (bytes autograd saves for backward) and the time
    of one training step per mode (Dr²Net at the start and at the end of its schedule);
 5. prints accuracy, memory and time side by side with one line saying what it means, writes
