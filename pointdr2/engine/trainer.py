@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pointdr2.config import Config, carved_fraction, dump_config, parse_size
+from pointdr2.config import CHOICES, Config, carved_fraction, dump_config, parse_size
 from pointdr2.data import build_dataset
 from pointdr2.data.common import AugmentedDataset
 from pointdr2.engine import distributed as dist_utils
@@ -268,8 +268,9 @@ class _Trainer:
         if budget is not None:
 
             parse_size(budget, "train.memory_budget")
-        if t.select_on not in ("val", "last", "test"):
-            raise ValueError(f"train.select_on must be val, last or test, got {t.select_on!r}")
+        if t.select_on not in CHOICES["train.select_on"]:
+            raise ValueError(f"train.select_on must be one of {', '.join(CHOICES['train.select_on'])}, "
+                             f"got {t.select_on!r}")
         for key in ("epochs", "batch_size", "accumulate"):
             if key == "batch_size" and t[key] == "auto":
                 continue
