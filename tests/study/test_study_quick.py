@@ -135,11 +135,16 @@ def test_ablation_pngs_and_report(quick):
 
 def test_a_finished_study_is_reused(quick, tmp_path):
     out, _, study, _ = quick
+    weights = {p: p.stat().st_mtime_ns for p in out.rglob("*.pth")}
+    assert any(p.parent.name == "pretrain" for p in weights) and len(weights) > 10
     proc = _cli("bench", "study", "--quick", "--out", str(out), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "holds a run of another config" not in proc.stderr
     again = json.loads((out / "study.json").read_text())
     for name in study["tracks"]:
         assert again["tracks"][name]["runs"] == study["tracks"][name]["runs"]  # no run was trained again
+    # not one run was trained again, the pretrainings included (their weights untouched)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pth")} == weights
 
 
 def test_bad_seeds_is_a_one_line_error(tmp_path):
