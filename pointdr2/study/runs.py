@@ -71,10 +71,8 @@ def finished(spec: RunSpec) -> bool:
     except (OSError, yaml.YAMLError):
         return False
     want = spec.resolved().to_dict()
-    if isinstance(saved, dict) and want.get("model", {}).get("num_classes") is None:
-        # filled in by the trainer from the dataset when the config leaves it unset
-        saved.get("model", {}).pop("num_classes", None)
-        want.get("model", {}).pop("num_classes", None)
+    if isinstance(saved, dict) and "num_classes" not in want.get("model", {}):
+        saved.get("model", {}).pop("num_classes", None)  # filled in by the trainer from the dataset
     same = saved == want
     if not same:
         log.warning("%s holds a run of another config; running it again", d)
