@@ -62,6 +62,11 @@ DEFAULTS: dict[str, Any] = {
         # Where the scaled identity sits: "block" (G(x) = block(x) - (1-alpha)*x, the whole pretrained
         # block as the residual unit) or "branch" (inside each residual branch, as the reference).
         "residual": "block",
+        # How each unit's residual update enters the stream: "plain" (G(x) = alpha*x + F(x)) or "balanced"
+        # (alpha*x + (1+beta)*F(x), output "sum" then (x_N + beta*x_{N-1})/(1+beta)): every unit reads, on
+        # average, the full weight of the earlier updates, as in the pretrained network. Both are exact at
+        # alpha=1, beta=0 and equally reversible (pointdr2.reversible.stack.output_weights).
+        "gain": "plain",
         # Backprop mode of the stacks in dr2net finetuning: auto | reversible | exact (plain autograd
         # through the same surrogate: the control for the reconstruction's gradient error).
         "backprop": "auto",
@@ -336,6 +341,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "finetune.shape": ("linear", "cosine", "step"),
     "finetune.output": ("last", "mean", "sum"),
     "finetune.residual": ("block", "branch"),
+    "finetune.gain": ("plain", "balanced"),
     "finetune.backprop": ("auto", "reversible", "exact"),
     "train.optimizer": ("adamw", "sgd"),
     "train.amp": ("none", "bf16", "fp16"),

@@ -107,7 +107,7 @@ def load_for_eval(cfg: Config, checkpoint: str | os.PathLike, split: str = "test
     if finetune.get("mode") == "dr2net":
         # checkpoints written before ``finetune.residual`` existed were trained with the branch form
         ft = {"mode": "dr2net", "output": finetune.get("output", "last"), "residual": finetune.get("residual", "branch"),
-              "backprop": "auto"}
+              "gain": finetune.get("gain", "plain"), "backprop": "auto"}
         net = build_network(model, ft, float(finetune["alpha"]), float(finetune["beta"]), train=False).to(device)
         log.info("evaluating the Dr2Net surrogate at alpha=%.3g beta=%.3g (as finetuned)", finetune["alpha"],
                  finetune["beta"])

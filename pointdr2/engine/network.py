@@ -49,7 +49,8 @@ def build_network(model: nn.Module, cfg_finetune: Mapping, alpha: float, beta: f
     if mode == "checkpoint":
         return to_dr2net(model, 1.0, 0.0, mode=stack, recompute_stem=recompute)
     kw: dict[str, Any] = {"output": cfg_finetune.get("output", "last"),
-                          "residual": str(cfg_finetune.get("residual", "block"))}
+                          "residual": str(cfg_finetune.get("residual", "block")),
+                          "gain": str(cfg_finetune.get("gain", "plain"))}
     if stack != "standard":
         kw.update(cache_every=cfg_finetune.get("cache_every"), tolerance=float(cfg_finetune.get("tolerance", 1e-4)),
                   recompute_stem=recompute)

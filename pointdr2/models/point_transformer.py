@@ -27,7 +27,7 @@ from pointdr2.models.registry import register_model
 from pointdr2.nn.heads import build_cls_head
 from pointdr2.nn.tokenizer import Group, PointPatchEncoder, check_points, recompute_tokens
 from pointdr2.nn.transformer import Block, TransformerEncoder
-from pointdr2.reversible import Dr2Stack
+from pointdr2.reversible import Dr2Stack, check_unit_form
 
 __all__ = ["PatchTokenizerMixin", "PointTransformer", "PointTransformerDr2", "VARIANTS", "build_point_transformer",
            "stack_units"]
@@ -322,6 +322,7 @@ class PointTransformerDr2(nn.Module):
 
         if not isinstance(model, PointTransformer):
             raise ValueError(f"PointTransformerDr2 wraps a PointTransformer, got {type(model).__name__}")
+        check_unit_form(residual, stack_kw.get("gain", "plain"))
         subs = stack_units(model.blocks.blocks, residual)
         self.model = model
         self.residual = residual

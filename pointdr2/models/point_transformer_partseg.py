@@ -44,7 +44,7 @@ from pointdr2.models.registry import register_model
 from pointdr2.nn.part_seg import PointNetFeaturePropagation, category_one_hot
 from pointdr2.nn.tokenizer import Group, PointPatchEncoder
 from pointdr2.nn.transformer import TransformerEncoder
-from pointdr2.reversible import Dr2Stack, frozen_running_stats
+from pointdr2.reversible import Dr2Stack, check_unit_form, frozen_running_stats
 
 __all__ = ["PointTransformerPartSeg", "PartSegDr2", "build_point_transformer_partseg", "PARTSEG_NAMES"]
 
@@ -262,6 +262,7 @@ class PartSegDr2(nn.Module):
 
         if not isinstance(model, PointTransformerPartSeg):
             raise ValueError(f"PartSegDr2 wraps a PointTransformerPartSeg, got {type(model).__name__}")
+        check_unit_form(residual, stack_kw.get("gain", "plain"))
         subs = stack_units(model.blocks.blocks, residual)
         self.model = model
         self.residual = residual

@@ -47,7 +47,7 @@ from pointdr2.nn.pointnext_layers import (
     SetAbstraction,
     conv_block,
 )
-from pointdr2.reversible import Dr2Stack, frozen_running_stats
+from pointdr2.reversible import Dr2Stack, check_unit_form, frozen_running_stats
 
 logger = logging.getLogger(__name__)
 
@@ -664,10 +664,10 @@ class PointNeXtDr2Net(nn.Module):
                  recompute_stem: Optional[bool] = None, residual: str = "branch", chunk_points: Any = "model",
                  **stack_kwargs: Any) -> None:
         super().__init__()
-        unknown = sorted(set(stack_kwargs) - {"output", "cache_every", "tolerance"})
+        unknown = sorted(set(stack_kwargs) - {"output", "cache_every", "tolerance", "gain"})
         if unknown:
             raise ValueError(f"unknown Dr2Net option(s) {', '.join(unknown)} for PointNeXt; expected "
-                             f"recompute_stem, residual, chunk_points, output, cache_every, tolerance")
+                             f"recompute_stem, residual, chunk_points, output, cache_every, tolerance, gain")
         if not isinstance(model, (PointNeXtSeg, PointNeXtCls, PointNeXtPartSeg)):
             raise ValueError(f"PointNeXtDr2Net needs a PointNeXtSeg, PointNeXtCls or PointNeXtPartSeg, "
                              f"got {type(model).__name__}")
@@ -690,6 +690,7 @@ class PointNeXtDr2Net(nn.Module):
                                          or chunk_points < 1):
             raise ValueError(f"chunk_points must be None or a positive integer, got {chunk_points!r}")
         self.chunk_points: Optional[int] = chunk_points
+        check_unit_form(residual, stack_kwargs.get("gain", "plain"))
         stacks = {}
         for i, stage in enumerate(self.encoder.encoder):
             blocks = list(stage)[1:]

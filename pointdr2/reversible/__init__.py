@@ -12,22 +12,27 @@ from pointdr2.reversible.precision import (
 )
 from pointdr2.reversible.schedule import CoefficientSchedule, apply_coefficients, iter_stacks, stack_reports
 from pointdr2.reversible.stack import (
+    GAINS,
     MODES,
     OUTPUTS,
     Dr2Stack,
     ResidualBlock,
+    check_unit_form,
     frozen_running_stats,
     output_weights,
+    unit_coefficients,
 )
 
 __all__ = [
     "MODES",
     "OUTPUTS",
+    "GAINS",
     "CoefficientSchedule",
     "Dr2Stack",
     "PrecisionGuard",
     "ResidualBlock",
     "apply_coefficients",
+    "check_unit_form",
     "choose_cache_every",
     "frozen_running_stats",
     "iter_stacks",
@@ -35,4 +40,5 @@ __all__ = [
     "predicted_error",
     "reconstruction_growth",
     "stack_reports",
+    "unit_coefficients",
 ]

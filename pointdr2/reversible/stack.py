@@ -7,7 +7,9 @@ Notation (Dr2Net, CVPR 2024), used once here and everywhere else by reference::
     x_{i-2} = (x_i - G_i(x_{i-1}; alpha)) / beta       the inverse used by the backward pass
 
 ``G_i(x; alpha)`` is the pretrained block i with its identity path scaled by alpha, so alpha=1, beta=0
-is exactly the pretrained network and alpha=0, beta=1 a classic reversible network.
+is exactly the pretrained network and alpha=0, beta=1 a classic reversible network. With
+``gain="balanced"`` the residual update is scaled too, ``G_i(x) = alpha*x + (1+beta)*F_i(x)``, called as
+``(1+beta) * unit_i(x, alpha/(1+beta))`` (:func:`unit_coefficients`); the equations are otherwise the same.
 
 What each mode keeps for backward (everything else is recomputed one block at a time):
 
@@ -55,28 +57,71 @@ log = logging.getLogger(__name__)
 
 MODES = ("reversible", "standard", "checkpoint", "auto")
 OUTPUTS = ("last", "mean", "sum")
+GAINS = ("plain", "balanced")
 
 
-def output_weights(output: str, beta: float) -> tuple[float, float, float]:
+def _check_gain(gain: str) -> str:
+    if gain not in GAINS:
+        raise ValueError(f"gain must be one of {GAINS}, got {gain!r}")
+    return gain
+
+
+def check_unit_form(residual: str, gain: str) -> None:
+    """``gain="balanced"`` scales ``F`` in units of the form ``a*x + F(x)``: the ``block`` residual units.
+    A ``branch`` unit scales the identity inside the branch (``a*(x + pos) + Attn(x + pos)``, ``ReLU(a*f +
+    F(f))``), where no such F exists."""
+    if _check_gain(gain) == "balanced" and residual != "block":
+        raise ValueError(f"gain='balanced' needs residual='block' units (alpha*x + F(x)), got residual={residual!r}")
+
+
+def unit_coefficients(alpha: float, beta: float, gain: str = "plain") -> tuple[float, float]:
+    """``(a, gain)`` with which a stack calls its units: ``G_i(x; alpha) = gain * unit_i(x, a)``.
+
+    ``plain``: (alpha, 1), the unit itself, ``alpha*x + F_i(x)``. ``balanced``: (alpha/(1+beta), 1+beta), so a
+    unit of the form ``a*x + F_i(x)`` gives ``alpha*x + (1+beta)*F_i(x)``: the identity keeps its coefficient and
+    the residual update is scaled by 1+beta (see :func:`output_weights` for why). Both are the unit itself at
+    beta = 0, so exactly the pretrained network at alpha=1, beta=0.
+    """
+    if _check_gain(gain) == "plain" or beta == 0:
+        return float(alpha), 1.0
+    gain = 1.0 + float(beta)
+    return float(alpha) / gain, gain
+
+
+def output_weights(output: str, beta: float, gain: str = "plain") -> tuple[float, float, float]:
     """(w_N, w_{N-1}, w_0) of the stack output ``w_N*x_N + w_{N-1}*x_{N-1} + w_0*x_0``.
 
-    ``last``: x_N. ``mean``: (x_{N-1} + x_N)/2 (the reference implementation). ``sum``:
-    x_N + beta*(x_{N-1} - x_0). With ``G_i(x; alpha) = alpha*x + F_i(x)`` and alpha + beta = 1,
-    ``S_i = x_i + beta*x_{i-1}`` obeys ``S_i = S_{i-1} + F_i(x_{i-1})`` exactly, so the ``sum`` output
-    equals ``x + sum_i F_i(x_{i-1})``: the residual stream of the pretrained network, with each residual
-    function evaluated at the surrogate's state. ``last`` keeps only every other F_i at beta = 1.
+    ``last``: x_N. ``mean``: (x_{N-1} + x_N)/2 (the reference implementation). ``sum``: the pretrained
+    network's residual stream. With alpha + beta = 1 and updates ``x_i = beta*x_{i-2} + alpha*x_{i-1} +
+    gain*F_i(x_{i-1})``, ``S_i = x_i + beta*x_{i-1}`` obeys ``S_i = S_{i-1} + gain*F_i(x_{i-1})`` exactly
+    (``S_0 = (1+beta)*x``), so
+
+    - ``plain`` (gain 1): ``sum`` = x_N + beta*(x_{N-1} - x_0) = S_N - beta*x_0;
+    - ``balanced`` (gain 1+beta): ``sum`` = (x_N + beta*x_{N-1})/(1+beta) = S_N/(1+beta);
+
+    both equal ``x + sum_i F_i(x_{i-1})``, each residual function evaluated at the surrogate's state.
+    What the units read differs: unrolled, ``x_{i-1} = x + gain * sum_{j<i} c_{i-1-j} F_j`` with
+    ``c_m = (1 - (-beta)^(m+1))/(1+beta)``. Plain weights the earlier updates 1, alpha, ... and at beta = 1
+    1, 0, 1, 0, ...: each unit sees only every other update, half of the pretrained stream. Balanced weights
+    them ``1 - (-beta)^(m+1)``: 1+beta, 1-beta^2, ..., 2, 0, 2, 0 at beta = 1, on average the pretrained
+    stream's weight 1 (whose neighbouring updates are alike), so the pretrained function is kept through the
+    schedule (measured in ``pointdr2 bench study``'s preservation). ``last`` keeps only every other F_i at beta = 1.
     """
+    _check_gain(gain)
     if output == "last":
         return 1.0, 0.0, 0.0
     if output == "mean":
         return 0.5, 0.5, 0.0
     if output == "sum":
+        if gain == "balanced":
+            return 1.0 / (1.0 + float(beta)), float(beta) / (1.0 + float(beta)), 0.0
         return 1.0, float(beta), -float(beta)
     raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
 
 
-def _combine(output: str, beta: float, last: torch.Tensor, prev: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    w_n, w_p, w_0 = output_weights(output, beta)
+def _combine(weights: tuple[float, float, float], last: torch.Tensor, prev: torch.Tensor,
+             first: torch.Tensor) -> torch.Tensor:
+    w_n, w_p, w_0 = weights
     out = last if w_n == 1.0 else w_n * last
     if w_p:
         out = out + w_p * prev
@@ -148,7 +193,9 @@ class _ReversibleFunction(torch.autograd.Function):
     def forward(ctx, stack: Dr2Stack, cache_every: int, n_extras: int, taps: tuple[int, ...], anchor: torch.Tensor,
                 x: torch.Tensor, *extras: Any):
         params = [p for p in stack.blocks.parameters() if p.requires_grad]
-        alpha, beta, blocks = stack.alpha, stack.beta, stack.blocks
+        beta, blocks = stack.beta, stack.blocks
+        a_unit, gain = stack.unit_coefficients()
+        weights = stack.output_weights()
         n = len(blocks)
         sd = _stream_dtype(x.dtype)
         ctx.autocast = autocast_states(x.device.type)
@@ -161,23 +208,25 @@ class _ReversibleFunction(torch.autograd.Function):
             kept[0] = prev1
         tapped: dict[int, torch.Tensor] = {}
         if 0 in taps:
-            tapped[0] = _combine(stack.output, beta, x0, x0, x0)
+            tapped[0] = _combine(weights, x0, x0, x0)
         for i, block in enumerate(blocks, start=1):
             rng_states.append(rng_state(x.device))
-            g = block(prev1.to(x.dtype), alpha, *extras)  # blocks see x's dtype; streams stay in sd
+            g = block(prev1.to(x.dtype), a_unit, *extras)  # blocks see x's dtype; streams stay in sd
+            if gain != 1.0:
+                g = gain * g
             cur = beta * prev2 + g.to(sd) if beta != 0 else g.to(sd)
             if i in keep:
                 kept[i] = cur
             if i in taps:
-                tapped[i] = _combine(stack.output, beta, cur, prev1, x0)
+                tapped[i] = _combine(weights, cur, prev1, x0)
             prev2, prev1 = prev1, cur
-        out = _combine(stack.output, beta, prev1, prev2, x0)
+        out = _combine(weights, prev1, prev2, x0)
         ctx.taps = taps
         positions = sorted(kept)
         ctx.positions = positions
         ctx.rng_states = rng_states
         ctx.stack, ctx.cache_every, ctx.n_extras = stack, cache_every, n_extras
-        ctx.alpha, ctx.beta = alpha, beta
+        ctx.a_unit, ctx.gain, ctx.beta, ctx.weights = a_unit, gain, beta, weights
         ctx.x_dtype = x.dtype
         ctx.extra_is_tensor = [torch.is_tensor(e) for e in extras]
         ctx.extra_needs_grad = [torch.is_tensor(e) and e.requires_grad for e in extras]
@@ -193,7 +242,7 @@ class _ReversibleFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor, *grad_taps: torch.Tensor):
         stack: Dr2Stack = ctx.stack
-        blocks, alpha, beta, k = stack.blocks, ctx.alpha, ctx.beta, ctx.cache_every
+        blocks, a_unit, gain, beta, k = stack.blocks, ctx.a_unit, ctx.gain, ctx.beta, ctx.cache_every
         n = len(blocks)
         saved = ctx.saved_tensors
         last2, last1 = saved[0], saved[1]
@@ -217,7 +266,7 @@ class _ReversibleFunction(torch.autograd.Function):
         param_ids = {id(p) for p in params}
 
         grad_out = grad_out.to(sd)
-        w_n, w_p, w_0 = output_weights(stack.output, beta)
+        w_n, w_p, w_0 = ctx.weights
         g_cur = grad_out if w_n == 1.0 else w_n * grad_out
         g_prev = w_p * grad_out if w_p else torch.zeros_like(last2)
         # a tap at state t reads w_n*x_t + w_p*x_{t-1} + w_0*x_0: its gradient joins those states' adjoints as
@@ -245,7 +294,9 @@ class _ReversibleFunction(torch.autograd.Function):
                 ctx.autocast
             ), frozen_running_stats(block):
                 x_in = x_prev.detach().to(ctx.x_dtype).requires_grad_(True)
-                g = block(x_in, alpha, *extras)
+                g = block(x_in, a_unit, *extras)
+                if gain != 1.0:
+                    g = gain * g
             if g.requires_grad:
                 torch.autograd.backward(g, g_cur.to(g.dtype), inputs=[x_in, *extra_leaves, *block_params])
             g_detached = g.detach().to(sd)
@@ -299,6 +350,8 @@ class Dr2Stack(nn.Module):
         mode: ``"reversible"`` | ``"standard"`` | ``"checkpoint"`` | ``"auto"``.
         cache_every: anchor spacing k for ``reversible`` (None = N, fully reversible).
         tolerance: relative reconstruction error ``auto`` mode aims to stay under.
+        gain: ``"plain"`` calls each unit as it is; ``"balanced"`` scales its residual update by 1+beta
+            (:func:`unit_coefficients`, :func:`output_weights`), for units of the form ``a*x + F(x)``.
 
     ``forward(x, *extras, taps=None)``: ``x`` float ``[...]`` (e.g. ``[B, T, C]`` tokens or ``[B, C, N]`` features);
     with ``taps`` (state indices 0..N) it returns ``(output, [tap tensors])`` (see the module docstring);
@@ -324,6 +377,7 @@ class Dr2Stack(nn.Module):
         mode: str = "reversible",
         cache_every: int | None = None,
         tolerance: float = 1e-4,
+        gain: str = "plain",
     ) -> None:
         super().__init__()
         blocks = blocks if isinstance(blocks, nn.ModuleList) else nn.ModuleList(blocks)
@@ -335,6 +389,7 @@ class Dr2Stack(nn.Module):
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.output = output
+        self.gain = _check_gain(gain)
         self.mode = mode
         self.cache_every = cache_every
         self.guard = PrecisionGuard(tolerance)
@@ -371,8 +426,17 @@ class Dr2Stack(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"depth={len(self.blocks)}, alpha={self.alpha:g}, beta={self.beta:g}, output={self.output!r}, "
+            f"gain={self.gain!r}, "
             f"mode={self.mode!r}, cache_every={self.cache_every}, tolerance={self.tolerance:g}"
         )
+
+    def unit_coefficients(self) -> tuple[float, float]:
+        """``(a, gain)``: each unit is called as ``gain * unit(x, a)`` (:func:`unit_coefficients`)."""
+        return unit_coefficients(self.alpha, self.beta, self.gain)
+
+    def output_weights(self) -> tuple[float, float, float]:
+        """(w_N, w_{N-1}, w_0) of the output and of every tap at the current beta (:func:`output_weights`)."""
+        return output_weights(self.output, self.beta, self.gain)
 
     # ---- forward paths
     def forward(self, x: torch.Tensor, *extras: Any, taps: Sequence[int] | None = None):
@@ -425,30 +489,37 @@ class Dr2Stack(nn.Module):
         return out
 
     def _forward_standard(self, x: torch.Tensor, extras: tuple, taps: tuple[int, ...] = ()):
+        a_unit, gain = self.unit_coefficients()
+
         def unit(block, h):
-            return block(h.to(x.dtype), self.alpha, *extras)
+            g = block(h.to(x.dtype), a_unit, *extras)
+            return g if gain == 1.0 else gain * g
 
         return self._loop(x, unit, taps)
 
     def _forward_checkpoint(self, x: torch.Tensor, extras: tuple, taps: tuple[int, ...] = ()):
+        a_unit, gain = self.unit_coefficients()
+
         def unit(block, h):
-            return _torch_checkpoint(_OnceStatsBlock(block, self.alpha), h.to(x.dtype), *extras, use_reentrant=False,
-                                     preserve_rng_state=True)
+            g = _torch_checkpoint(_OnceStatsBlock(block, a_unit), h.to(x.dtype), *extras, use_reentrant=False,
+                                  preserve_rng_state=True)
+            return g if gain == 1.0 else gain * g
 
         return self._loop(x, unit, taps)
 
     def _loop(self, x: torch.Tensor, unit, taps: tuple[int, ...]):
         """The dual-residual recurrence through autograd (standard and checkpoint modes), with taps."""
         sd = _stream_dtype(x.dtype)
+        weights = self.output_weights()
         prev2 = prev1 = x0 = x.to(sd)
-        tapped = {0: _combine(self.output, self.beta, x0, x0, x0)} if 0 in taps else {}
+        tapped = {0: _combine(weights, x0, x0, x0)} if 0 in taps else {}
         for i, block in enumerate(self.blocks, start=1):
             g = unit(block, prev1).to(sd)
             cur = self.beta * prev2 + g if self.beta != 0 else g
             if i in taps:
-                tapped[i] = _combine(self.output, self.beta, cur, prev1, x0)
+                tapped[i] = _combine(weights, cur, prev1, x0)
             prev2, prev1 = prev1, cur
-        out = _combine(self.output, self.beta, prev1, prev2, x0).to(x.dtype)
+        out = _combine(weights, prev1, prev2, x0).to(x.dtype)
         return (out, [tapped[t].to(x.dtype) for t in taps]) if taps else out
 
     def report(self) -> dict[str, Any]:

@@ -595,3 +595,98 @@ def test_a_tap_alone_carries_the_gradient_and_anchors_keep_nothing_more():
         return out.sum() + sum(t.sum() for t in taps)
 
     assert saved_bytes(with_taps, stack) == plain > 0
+
+
+# --------------------------------------------------------------------------- balanced updates
+def _balanced_reference(blocks, x, alpha, beta, pos, taps=()):
+    """x_i = beta x_{i-2} + alpha x_{i-1} + (1+beta) F_i(x_{i-1}), written out; output and taps read
+    (x_t + beta x_{t-1})/(1+beta)."""
+    states = [x, x]
+    for b in blocks:
+        states.append(beta * states[-2] + alpha * states[-1] + (1 + beta) * b.fn(states[-1], pos))
+
+    def read(t):
+        return (states[t + 1] + beta * states[t]) / (1 + beta)
+
+    return read(len(blocks)), [read(t) for t in taps]
+
+
+@pytest.mark.parametrize("cache_every", [None, 1, 3])
+def test_balanced_update_matches_the_written_out_recurrence_in_every_mode(cache_every):
+    """gain="balanced": every mode's output, taps and gradients equal autograd's on the hand-written
+    recurrence (float64), anchors included."""
+    d, n, alpha, beta = 8, 10, 0.3, 0.7
+    blocks = [b.double() for b in make_blocks(n, d)]
+    stack = Dr2Stack(blocks, alpha=alpha, beta=beta, output="sum", gain="balanced", cache_every=cache_every).double()
+    x, pos = inputs(d)
+    taps = (0, 1, 5, 10)
+    ref = grads_of(lambda a, p: _tapped_loss(*_balanced_reference(blocks, a, alpha, beta, p, taps)), stack, x, pos)
+    ref_out, ref_taps = _balanced_reference(blocks, x, alpha, beta, pos, taps)
+    for mode in ("standard", "checkpoint", "reversible", "auto"):
+        stack.mode = mode
+        assert max_rel(grads_of(lambda a, p: _tapped_loss(*stack(a, p, taps=taps)), stack, x, pos), ref) < 1e-9, mode
+        out, tapped = stack(x, pos, taps=taps)
+        assert torch.allclose(out, ref_out, rtol=0, atol=1e-12), mode
+        assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(tapped, ref_taps)), mode
+
+
+def test_balanced_sum_is_the_residual_stream_and_units_read_the_full_weight_on_average():
+    """With alpha + beta = 1 the balanced "sum" output is x + sum_i F_i(x_{i-1}); at (1, 0) it is the pretrained
+    network. With constant residual functions F_j = u_j (hand-computed unrolling) unit i reads
+    x + sum_j (1 - (-beta)^(i-j)) u_j: at beta = 1 the weights 2, 0, 2, 0, ... (plain: 1, 0, 1, 0, ...)."""
+    d, n = 8, 6
+    blocks = [b.double() for b in make_blocks(n, d)]
+    x, pos = inputs(d)
+    with torch.no_grad():
+        for alpha in (0.6, 0.0):
+            beta = 1.0 - alpha
+            states, residuals = [x, x], []
+            for b in blocks:
+                residuals.append(b.fn(states[-1], pos))
+                states.append(beta * states[-2] + alpha * states[-1] + (1 + beta) * residuals[-1])
+            stack = Dr2Stack(blocks, alpha=alpha, beta=beta, output="sum", mode="standard", gain="balanced")
+            assert torch.allclose(stack(x, pos), x + sum(residuals), rtol=0, atol=1e-12)
+        assert torch.equal(Dr2Stack(blocks, 1.0, 0.0, output="sum", mode="standard", gain="balanced")(x, pos),
+                           _plain(blocks, x, pos))
+
+    class Const(nn.Module):  # F(x) = u, whatever x
+        def __init__(self, u):
+            super().__init__()
+            self.u = nn.Parameter(u)
+
+        def forward(self, x, pos=None):
+            return self.u.expand_as(x)
+
+    g = torch.Generator().manual_seed(3)
+    us = [torch.randn(d, generator=g, dtype=torch.float64) for _ in range(n)]
+    seen = []
+
+    class Spy(ResidualBlock):
+        def forward(self, x, alpha, *extras):
+            seen.append(x.detach().clone())
+            return super().forward(x, alpha, *extras)
+
+    spies = [Spy(Const(u)) for u in us]
+    x0 = torch.zeros(1, 1, d, dtype=torch.float64)
+    for gain, beta, weight in (("balanced", 1.0, lambda m: 2.0 if m % 2 == 1 else 0.0),
+                                 ("plain", 1.0, lambda m: 1.0 if m % 2 == 1 else 0.0),
+                                 ("balanced", 0.4, lambda m: 1.0 - (-0.4) ** m)):
+        seen.clear()
+        with torch.no_grad():
+            Dr2Stack(spies, 1.0 - beta, beta, output="sum", mode="standard", gain=gain)(x0)
+        for i, read in enumerate(seen, start=1):  # unit i reads x_{i-1}
+            want = sum(weight(i - j) * us[j - 1] for j in range(1, i)) if i > 1 else torch.zeros(d, dtype=torch.float64)
+            assert torch.allclose(read.reshape(-1), want, rtol=0, atol=1e-12), (gain, beta, i)
+
+
+def test_balanced_update_needs_block_units():
+    from pointdr2.reversible import check_unit_form, unit_coefficients
+
+    assert unit_coefficients(0.3, 0.7, "balanced") == pytest.approx((0.3 / 1.7, 1.7))
+    assert unit_coefficients(0.3, 0.7, "plain") == (0.3, 1.0)
+    check_unit_form("block", "balanced")
+    check_unit_form("branch", "plain")
+    with pytest.raises(ValueError, match="residual='block'"):
+        check_unit_form("branch", "balanced")
+    with pytest.raises(ValueError, match="gain must be one of"):
+        Dr2Stack(make_blocks(2, 4), gain="scaled")
