@@ -20,7 +20,8 @@ from pointdr2.models import build_model
 from pointdr2.models.checkpoints import checkpoint_num_classes
 from pointdr2.progress import bar as progress_bar
 
-__all__ = ["run_config_file", "resolve_config", "default_checkpoint", "load_for_eval", "predict_sample"]
+__all__ = ["run_config_file", "resolve_config", "default_checkpoint", "load_for_eval", "evaluation_network",
+           "predict_sample"]
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +104,23 @@ def load_for_eval(cfg: Config, checkpoint: str | os.PathLike, split: str = "test
             model = build_model(cfg.model)
     ckpt = load_model_weights(model, ckpt_path, checkpoint=raw)
     model.to(device).eval()
-    finetune = ckpt.get("finetune") if isinstance(ckpt.get("finetune"), dict) else {"mode": "conventional"}
-    if finetune.get("mode") == "dr2net":
-        # checkpoints written before ``finetune.residual`` existed were trained with the branch form
-        ft = {"mode": "dr2net", "output": finetune.get("output", "last"), "residual": finetune.get("residual", "branch"),
-              "gain": finetune.get("gain", "plain"), "backprop": "auto"}
-        net = build_network(model, ft, float(finetune["alpha"]), float(finetune["beta"]), train=False).to(device)
-        log.info("evaluating the Dr2Net surrogate at alpha=%.3g beta=%.3g (as finetuned)", finetune["alpha"],
-                 finetune["beta"])
-    else:
-        net = model
-    net.eval()
+    net = evaluation_network(model, ckpt).to(device).eval()
     return dataset, model, net, ckpt, device
+
+
+def evaluation_network(model: torch.nn.Module, ckpt: dict) -> torch.nn.Module:
+    """The network a checkpoint's weights (already in ``model``) are evaluated through: the model itself, or
+    for ``finetune.mode: dr2net`` its surrogate as finetuned (coefficients, output, residual unit, gain)."""
+    finetune = ckpt.get("finetune") if isinstance(ckpt.get("finetune"), dict) else {"mode": "conventional"}
+    if finetune.get("mode") != "dr2net":
+        return model
+    # checkpoints written before ``finetune.residual`` (``finetune.gain``) existed were trained with the branch
+    # form (plain updates)
+    ft = {"mode": "dr2net", "output": finetune.get("output", "last"), "residual": finetune.get("residual", "branch"),
+          "gain": finetune.get("gain", "plain"), "backprop": "auto"}
+    log.info("evaluating the Dr2Net surrogate at alpha=%.3g beta=%.3g (as finetuned)", finetune["alpha"],
+             finetune["beta"])
+    return build_network(model, ft, float(finetune["alpha"]), float(finetune["beta"]), train=False)
 
 
 @torch.no_grad()

@@ -161,9 +161,13 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
                                      opts.progress)
     for t in tracks:
         ft_cfg = ft_spec[t].resolved().finetune
-        variants = {"recipe": {"alpha": list(ft_cfg.alpha), "beta": list(ft_cfg.beta), "output": str(ft_cfg.output),
-                               "residual": str(ft_cfg.residual)},
-                    "reference": {"alpha": [1.0, 0.0], "beta": [0.1, 1.0], "output": "last", "residual": "branch"}}
+        recipe = {"alpha": list(ft_cfg.alpha), "beta": list(ft_cfg.beta), "output": str(ft_cfg.output),
+                  "residual": str(ft_cfg.residual), "gain": str(ft_cfg.gain)}
+        variants = {"recipe": recipe}
+        if recipe["gain"] == "balanced":  # what the balanced gain is worth: the same schedule with plain updates
+            variants["recipe, gain plain"] = {**recipe, "gain": "plain"}
+        variants["reference"] = {"alpha": [1.0, 0.0], "beta": [0.1, 1.0], "output": "last", "residual": "branch",
+                                 "gain": "plain"}
         study["tracks"][t]["preservation"] = measure.preservation(pre[t], variants, s.preservation_points,
                                                                   out / t / "preservation.json", opts.force,
                                                                   opts.progress)

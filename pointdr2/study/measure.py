@@ -152,7 +152,7 @@ def grad_grid(spec: RunSpec, encoder: Path, alphas: list[float], betas: list[flo
     model.eval()  # drop-path and dropout off: every mode computes the same function
     data = study_batch(cfg.dataset.to_dict(), batch, split="test")
     points, labels = data["points"], data["label"]
-    kw = {"output": str(ft.output), "residual": str(ft.residual)}
+    kw = {"output": str(ft.output), "residual": str(ft.residual), "gain": str(ft.gain)}
     rev_err, auto_err, auto_k, auto_mode = [], [], [], []
     for a in progress_bar(alphas, desc="gradient error grid", leave=False, enabled=progress):
         rows: tuple[list, list, list, list] = ([], [], [], [])
@@ -174,6 +174,7 @@ def grad_grid(spec: RunSpec, encoder: Path, alphas: list[float], betas: list[flo
     result = {"alphas": list(alphas), "betas": list(betas), "reversible_rel_error": rev_err,
               "auto_rel_error": auto_err, "auto_cache_every": auto_k, "auto_mode": auto_mode, "dtype": "float32",
               "batch": int(batch), "units": units, "residual": kw["residual"], "output": kw["output"],
+              "gain": kw["gain"],
               "tolerance": float(ft.tolerance)}
     cache.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
     return result
@@ -207,8 +208,10 @@ def preservation(pre: RunSpec, variants: Mapping[str, Mapping[str, Any]], points
         rows = []
         for t in progress_bar(ts, desc=f"preservation {name}", leave=False, enabled=progress):
             alpha, beta = a0 + (a1 - a0) * t, b0 + (b1 - b0) * t
-            net = to_dr2net(model, alpha, beta, mode="standard", output=v["output"], residual=v["residual"]).eval()
+            net = to_dr2net(model, alpha, beta, mode="standard", output=v["output"], residual=v["residual"],
+                            gain=v.get("gain", "plain")).eval()
             rows.append({"t": t, "alpha": alpha, "beta": beta, metric: score(net)})
-        result["variants"][name] = {**{k: v[k] for k in ("alpha", "beta", "output", "residual")}, "points": rows}
+        result["variants"][name] = {**{k: v[k] for k in ("alpha", "beta", "output", "residual")},
+                                    "gain": v.get("gain", "plain"), "points": rows}
     cache.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -88,7 +88,8 @@ def track_size(track: Mapping[str, Any]) -> str:
         size = (f"{m['name']}: blocks {m['blocks']} (InvResMLP blocks per stage: {[b - 1 for b in m['blocks'][1:]]}), "
                 f"width {m['width']} (32 in the paper), {d['crop_points']}-point crops (24,000), voxel {d['voxel_size']}")
     recipe = (f"dr2net recipe: alpha {f['alpha']} / beta {f['beta']} ({f['shape']}, until epoch {f['end_epoch']} of "
-              f"{tr['epochs']}), output {f['output']}, residual unit {f['residual']}, backprop {f['backprop']}, "
+              f"{tr['epochs']}), output {f['output']}, residual unit {f['residual']}, gain {f.get('gain', 'plain')}, "
+              f"backprop {f['backprop']}, "
               f"tolerance {f['tolerance']:g}; batch {tr['batch_size']}, lr {tr['lr']:g}")
     tested = {"last": "the final weights tested (no model selection)",
               "val": f"the best epoch on a {100 * float(tr.get('val_fraction', 0.1)):.0f}% validation carve tested",
@@ -170,7 +171,7 @@ def results_markdown(study: Mapping[str, Any], pngs: Mapping[str, str]) -> str:
     if "grad_error" in pngs:
         g = study["grad_grid"]
         lines += ["## Gradient error against alpha/beta", "", f"Pretrained transformer surrogate ({g['units']} units, "
-                  f"residual {g['residual']}, output {g['output']}), float32, batch {g['batch']}: relative error of the "
+                  f"residual {g['residual']}, output {g['output']}, gain {g.get('gain', 'plain')}), float32, batch {g['batch']}: relative error of the "
                   "whole-stack reversible gradient against plain autograd; each cell also says what auto mode "
                   "chose there.", "", "![grad error](grad_error.png)", ""]
     return "\n".join(lines)

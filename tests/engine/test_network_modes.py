@@ -10,6 +10,7 @@ import torch
 from engine_tiny import blobs_fn, engine_config, tiny_transformer_overrides
 
 from pointdr2.engine.evaluator import load_items
+from pointdr2.engine.inference import evaluation_network
 from pointdr2.engine.logger import read_records
 from pointdr2.engine.trainer import build_network, train
 from pointdr2.models import build_model, to_dr2net
@@ -43,18 +44,21 @@ def _graph_nodes(t: torch.Tensor) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("residual,output", [("block", "sum"), ("branch", "last")])
-def test_exact_backprop_is_plain_autograd_through_the_same_surrogate(residual, output):
+@pytest.mark.parametrize("residual,output,gain", [("block", "sum", "plain"), ("branch", "last", "plain"),
+                                                  ("block", "sum", "balanced")])
+def test_exact_backprop_is_plain_autograd_through_the_same_surrogate(residual, output, gain):
     model = _small_model()
     points = torch.randn(4, 64, 3, dtype=torch.float64)
-    ft = {"mode": "dr2net", "backprop": "exact", "output": output, "residual": residual, "recompute_stem": True}
+    ft = {"mode": "dr2net", "backprop": "exact", "output": output, "residual": residual, "gain": gain,
+          "recompute_stem": True}
     net = build_network(model, ft, 0.4, 0.6, train=True)
     assert [s.mode for s in iter_stacks(net)] == ["standard"]
     assert not net.recompute_stem  # nothing recomputed: the control keeps every activation
     names = _graph_nodes(net(points).sum())
     assert not any("Reversible" in n or "Checkpoint" in n or "Chunked" in n for n in names)
     exact = _grads(net, model, points)
-    standard = _grads(to_dr2net(model, 0.4, 0.6, mode="standard", output=output, residual=residual), model, points)
+    standard = _grads(to_dr2net(model, 0.4, 0.6, mode="standard", output=output, residual=residual, gain=gain), model,
+                      points)
     # and the reversible (auto) network of the same surrogate reaches the same gradients up to reconstruction
     ft_auto = {**ft, "backprop": "auto"}
     auto = _grads(build_network(model, ft_auto, 0.4, 0.6, train=True), model, points)
@@ -64,6 +68,29 @@ def test_exact_backprop_is_plain_autograd_through_the_same_surrogate(residual, o
     ref = flat["standard"].norm()
     assert float((flat["exact"] - flat["standard"]).norm() / ref) <= 1e-12
     assert float((flat["auto"] - flat["standard"]).norm() / ref) <= 1e-6
+
+
+def test_balanced_gain_needs_block_units_and_is_kept_for_evaluation(tmp_path):
+    with pytest.raises(ValueError, match="residual='block'"):
+        build_network(_small_model(), {"mode": "dr2net", "backprop": "exact", "residual": "branch", "gain": "balanced"},
+                      0.4, 0.6)
+    run = tmp_path / "run"
+    cfg = engine_config(run, *tiny_transformer_overrides(), "finetune.mode=dr2net", "finetune.end_epoch=1",
+                        "finetune.alpha=[0.9, 0.2]", "finetune.beta=[0.1, 0.8]", "finetune.gain=balanced")
+    train(cfg, dataset_fn=blobs_fn())
+    ckpt = torch.load(run / "best.pth", weights_only=True)
+    assert ckpt["finetune"]["gain"] == "balanced" and ckpt["finetune"]["beta"] == pytest.approx(0.8)
+    model = build_model({**cfg.model.to_dict(), "num_classes": 3})
+    model.load_state_dict(ckpt["model"])
+    net = evaluation_network(model, ckpt).eval()
+    (stack,) = iter_stacks(net)
+    assert stack.gain == "balanced" and (stack.alpha, stack.beta) == pytest.approx((0.2, 0.8))
+    points = torch.stack([blobs_fn()(None, "test")[i]["points"] for i in range(3)])
+    with torch.no_grad():
+        got = net(points)
+        balanced = to_dr2net(model, 0.2, 0.8, mode="standard", output="sum", residual="block", gain="balanced").eval()(points)
+        plain = to_dr2net(model, 0.2, 0.8, mode="standard", output="sum", residual="block").eval()(points)
+    assert float((got - balanced).abs().max()) <= 1e-6 < float((got - plain).abs().max())
 
 
 def test_unknown_backprop_is_refused():
