@@ -36,7 +36,6 @@ import math
 import os
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -90,6 +89,7 @@ from pointdr2.engine.network import (
 )
 from pointdr2.engine.optim import CosineWarmup, build_optimizer
 from pointdr2.engine.run_lock import LOCK_NAME, RunLock, remove_stale_temp_files
+from pointdr2.engine.signals import StopFlag
 from pointdr2.engine.weights import resolve_weights
 from pointdr2.models import build_model, load_pretrained
 from pointdr2.progress import bar as progress_bar
@@ -161,33 +161,6 @@ def _default_model_fn(cfg_model):
 
 def _default_dataset_fn(cfg_dataset, split, **kw):
     return build_dataset(cfg_dataset, split, **kw)
-
-
-# ----------------------------------------------------------------------------- signals
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag checked at optimizer-step boundaries; a second signal aborts at once."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._old: dict = {}
-
-    def _handler(self, signum, frame):  # noqa: ARG002 - signal handler signature
-        name = signal.Signals(signum).name
-        if self.requested is not None:
-            raise KeyboardInterrupt
-        self.requested = name
-        log.warning("%s received: finishing this step, saving last.pth and stopping (send again to abort now)", name)
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
 
 
 def loader_workers(requested: int) -> int:
@@ -578,7 +551,7 @@ class _Trainer:
         dist_utils.barrier()
 
     # -- one epoch ------------------------------------------------------------------------------
-    def _train_epoch(self, epoch: int, stop: _StopFlag, logger: RunLogger) -> str | None:
+    def _train_epoch(self, epoch: int, stop: StopFlag, logger: RunLogger) -> str | None:
         """One epoch (or the rest of an interrupted one); "signal" when a stop was requested."""
         t = self.cfg.train
         accum = int(t.accumulate)
@@ -663,7 +636,7 @@ class _Trainer:
             totals[2] += target.numel()  # samples (classification) or points (segmentation)
         return loss, (meter.bytes if measure else None)
 
-    def _optimizer_step(self, params: list, loss: torch.Tensor, stop: _StopFlag, epoch: int, step: int
+    def _optimizer_step(self, params: list, loss: torch.Tensor, stop: StopFlag, epoch: int, step: int
                         ) -> tuple[torch.Tensor, bool]:
         """Clip, check for divergence, step. Flags agree across ranks so every process stops together.
         Returns the gradient norm and whether a stop was requested on any rank."""
@@ -753,7 +726,7 @@ class _Trainer:
                 dump_config(cfg, self.run_dir / "config.yaml")
             self._announce()
             epochs_run = 0
-            with _StopFlag() as stop:
+            with StopFlag() as stop:
                 for epoch in range(self.start_epoch, int(t.epochs)):
                     t0 = time.perf_counter()
                     reason = self._train_epoch(epoch, stop, logger)
