@@ -37,7 +37,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +49,6 @@ from torch.utils.data import DataLoader
 
 from pointdr2.config import CHOICES, Config, carved_fraction, dump_config, parse_size
 from pointdr2.data import build_dataset
-from pointdr2.data.common import AugmentedDataset
 from pointdr2.engine import distributed as dist_utils
 from pointdr2.engine import plan as memory_plan  # by module: tests stand in for measure_plan
 from pointdr2.engine.checkpoint import (
@@ -89,6 +88,7 @@ from pointdr2.engine.network import (
 )
 from pointdr2.engine.optim import CosineWarmup, build_optimizer
 from pointdr2.engine.run_lock import LOCK_NAME, RunLock, remove_stale_temp_files
+from pointdr2.engine.run_state import check_resumed_config, load_resume_checkpoint, plain, rewind_dataset
 from pointdr2.engine.signals import StopFlag
 from pointdr2.engine.weights import resolve_weights
 from pointdr2.models import build_model, load_pretrained
@@ -303,7 +303,7 @@ class _Trainer:
         elif int(cfg.model.num_classes) != num_classes:
             raise ValueError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.dataset.get('name')!r} "
                              f"has {num_classes} classes")
-        self.ckpt = _load_resume_checkpoint(self.run_dir) if self.resume else None
+        self.ckpt = load_resume_checkpoint(self.run_dir) if self.resume else None
         self.memory_fit = self._fit_memory(world) if t.get("memory_budget") is not None else None
 
     def _setup_run_dir(self, checking: bool) -> None:
@@ -326,7 +326,7 @@ class _Trainer:
         if self.resume:
             if not is_own_checkpoint(self.ckpt):
                 raise ValueError(f"{self.run_dir / 'last.pth'} is not a pointdr2 training checkpoint")
-            self._check_resumed_config()
+            check_resumed_config(self.ckpt, self.cfg)
             self.model.load_state_dict(self.ckpt["model"])
         else:
             self.ckpt = None
@@ -462,24 +462,6 @@ class _Trainer:
             if removed:
                 log.warning("--force: removed %s from %s", ", ".join(removed), self.run_dir)
 
-    def _check_resumed_config(self) -> None:
-        saved = self.ckpt.get("config") or {}
-        now = self.cfg.to_dict()
-        diffs = []
-
-        def walk(a, b, prefix=""):
-            for key in sorted(set(a) | set(b)):
-                path = prefix + str(key)
-                va, vb = a.get(key), b.get(key)
-                if isinstance(va, Mapping) and isinstance(vb, Mapping):
-                    walk(va, vb, path + ".")
-                elif va != vb and path != "run.dir":
-                    diffs.append(f"{path}: {va!r} -> {vb!r}")
-
-        walk(saved, now)
-        if diffs:
-            log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(diffs))
-
     def _restore(self, ckpt: dict) -> None:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lr_schedule.load_state_dict(ckpt["scheduler"])
@@ -535,7 +517,7 @@ class _Trainer:
             "rng": rngs,
             "epoch": epoch, "global_step": self.global_step, "step_in_epoch": step_in_epoch,
             "best_metric": self.best_metric, "best_epoch": self.best_epoch,
-            "metrics": _plain(self.last_metrics),
+            "metrics": plain(self.last_metrics),
             "finetune": {"mode": self.cfg.finetune.mode, "alpha": alpha, "beta": beta,
                          "output": self.cfg.finetune.output, "residual": self.cfg.finetune.residual,
                          "gain": self.cfg.finetune.gain},
@@ -610,7 +592,7 @@ class _Trainer:
             seed_everything(derive_seed(t.seed, epoch, self.dist.rank))
         self.resumed_rng = None
         self.sampler.set_epoch(epoch, start_batch=start_step * accum)
-        _rewind_dataset(self.train_set, epoch, start_step * accum * self.micro)
+        rewind_dataset(self.train_set, epoch, start_step * accum * self.micro)
         self.loader_gen.manual_seed(derive_seed(t.seed, epoch, self.dist.rank, 1))
         self.train_net.train()
 
@@ -828,7 +810,7 @@ class _Trainer:
     def _final_test(self, logger: RunLogger) -> dict:
         """With val selection: evaluate best.pth once on the test split; write metrics.json."""
         result: dict = {"best_epoch": self.best_epoch, f"best_{self.select_split}_{self.metric_name}": self.best_metric,
-                        "select_on": self.cfg.train.select_on, "last_" + self.select_split: _plain(self.last_metrics)}
+                        "select_on": self.cfg.train.select_on, "last_" + self.select_split: plain(self.last_metrics)}
         if self.select_split == "val" and self.cfg.train.get("test_at_end", True) and self.best_epoch > 0:
             best = load_checkpoint(self.run_dir / "best.pth")
             current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -852,42 +834,11 @@ class _Trainer:
             for key in METRIC_KEYS:
                 if key in test:
                     logger.scalar(f"test/{key}", test[key], self.best_epoch)
-            result["test"] = _plain(test)
+            result["test"] = plain(test)
             logger.record("test", best_epoch=self.best_epoch, **{k: v for k, v in result["test"].items() if k != "task"})
         if self.main:
             (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
         return result.get("test", {})
-
-
-def _load_resume_checkpoint(run_dir: Path) -> dict:
-    """``run_dir/last.pth``; when it is unreadable, the error says so and points at a readable best.pth."""
-    try:
-        return load_checkpoint(run_dir / "last.pth")
-    except ValueError as exc:
-        hint = "start over with --force"
-        best = run_dir / "best.pth"
-        if best.is_file():
-            try:
-                epoch = load_checkpoint(best).get("epoch")
-                hint = (f"{best} (epoch {epoch}) is intact: copy it to last.pth to resume from there "
-                        f"(cp {best} {run_dir / 'last.pth'}), or start over with --force")
-            except ValueError:
-                hint = f"{best} is unreadable too; start over with --force"
-        raise ValueError(f"cannot resume: {exc}; {hint}") from None
-
-
-def _rewind_dataset(dataset, epoch: int, fetched: int) -> None:
-    """Make a dataset's own augmentation state depend on the epoch only (exact resume).
-
-    pointdr2's loaders (:class:`~pointdr2.data.common.AugmentedDataset`) draw augmentations from
-    ``(torch.initial_seed(), items fetched so far, index)``; the trainer reseeds torch every epoch, so
-    ``set_epoch(epoch, fetched)`` puts the stream where an uninterrupted run would be. Other datasets
-    may expose ``set_epoch(epoch)``.
-    """
-    if isinstance(dataset, AugmentedDataset):
-        dataset.set_epoch(epoch, int(fetched))
-    elif hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
 
 
 def _room_predictor(cfg: Config):
@@ -899,16 +850,3 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
-
-
-def _plain(obj):
-    """Numbers, strings, lists and dicts only (checkpoints load with weights_only=True)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
