@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,21 +41,12 @@ import torch.nn.functional as F
 
 from pointdr2.config import Config, dump_config
 from pointdr2.engine import distributed as dist_utils
-from pointdr2.engine.checkpoint import (
-    FORMAT,
-    VERSION,
-    capture_rng,
-    derive_seed,
-    load_checkpoint,
-    restore_rng,
-    save_atomic,
-    seed_everything,
-)
+from pointdr2.engine.checkpoint import derive_seed, load_checkpoint, restore_rng, seed_everything
 from pointdr2.engine.evaluator import amp_context, default_room_predictor, evaluate, forward_batch, save_items
 from pointdr2.engine.logger import RunLogger
 from pointdr2.engine.memory import SavedTensorMeter, peak_memory_bytes, reset_peak_memory
 from pointdr2.engine.network import build_network, load_model_weights, resolve_device, stack_stats
-from pointdr2.engine.run_state import plain, rewind_dataset
+from pointdr2.engine.run_state import Progress, plain, restore, rewind_dataset, save_checkpoint
 from pointdr2.engine.session import (
     Session,
     build_split,
@@ -142,80 +132,20 @@ class _Trainer:
     def __init__(self, session: Session, *, stop_after_epochs: int | None) -> None:
         self.session = session
         self.stop_after_epochs = stop_after_epochs
+        self.progress = Progress()  # where the run stands: set by set_up, moved by the loop, saved in checkpoints
 
     def set_up(self, check_world: int | None = None) -> None:
         """The session's set-up, then where the run starts: step 0, or the resumed checkpoint's state."""
         s = self.session
         s.setup(check_world)
-        self.start_epoch, self.global_step, self.step_in_epoch = 0, 0, 0
-        self.best_metric, self.best_epoch, self.last_metrics = -math.inf, -1, {}
-        if s.ckpt is not None:
-            self._restore(s.ckpt)
-
-    def _restore(self, ckpt: dict) -> None:
-        s = self.session
-        s.optimizer.load_state_dict(ckpt["optimizer"])
-        s.lr_schedule.load_state_dict(ckpt["scheduler"])
-        if s.scaler is not None and ckpt.get("scaler"):
-            s.scaler.load_state_dict(ckpt["scaler"])
-        self.start_epoch = int(ckpt["epoch"])
-        self.global_step = int(ckpt["global_step"])
-        self.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
-        self.best_metric = float(ckpt.get("best_metric", -math.inf))
-        self.best_epoch = int(ckpt.get("best_epoch", -1))
-        self.last_metrics = dict(ckpt.get("metrics") or {})
-        sched = ckpt.get("schedule") or {}
-        if s.schedule is not None and "alpha" in sched:
-            s.set_coefficients(float(sched["alpha"]), float(sched["beta"]))
-        self.resumed_rng = (ckpt.get("rng") or {}).get(str(s.dist.rank))
-        log.info("resumed %s at epoch %d (+%d steps), global step %d, best %s %.4f (epoch %d)",
-                 s.run_dir, self.start_epoch, self.step_in_epoch, self.global_step, s.metric_name,
-                 self.best_metric, self.best_epoch)
-
-    # -- checkpoints ----------------------------------------------------------------------------
-    def _state(self, epoch: int, step_in_epoch: int) -> dict:
-        s = self.session
-        # RNG states of every rank (rank 0 writes the file): each rank resumes its own streams.
-        rng = capture_rng()
-        if s.dist.enabled:
-            gathered = [None] * s.dist.world_size
-            torch.distributed.all_gather_object(gathered, rng)
-            rngs = {str(r): st for r, st in enumerate(gathered)}
-        else:
-            rngs = {"0": rng}
-        alpha, beta = s.coefficients
-        return {
-            "format": FORMAT, "version": VERSION,
-            "model": {k: v.detach().cpu() for k, v in s.model.state_dict().items()},
-            "optimizer": s.optimizer.state_dict(),
-            "scheduler": s.lr_schedule.state_dict(),
-            "scaler": s.scaler.state_dict() if s.scaler is not None else None,
-            "schedule": {"alpha": alpha, "beta": beta,
-                         "t": epoch + step_in_epoch / s.steps_per_epoch},
-            "rng": rngs,
-            "epoch": epoch, "global_step": self.global_step, "step_in_epoch": step_in_epoch,
-            "best_metric": self.best_metric, "best_epoch": self.best_epoch,
-            "metrics": plain(self.last_metrics),
-            "finetune": {"mode": s.cfg.finetune.mode, "alpha": alpha, "beta": beta,
-                         "output": s.cfg.finetune.output, "residual": s.cfg.finetune.residual,
-                         "gain": s.cfg.finetune.gain},
-            "task": s.task,
-            "memory_fit": s.memory_fit,
-            "config": s.cfg.to_dict(),
-        }
-
-    def _save(self, name: str, epoch: int, step_in_epoch: int = 0) -> None:
-        state = self._state(epoch, step_in_epoch)
-        if self.session.main:
-            save_atomic(state, self.session.run_dir / name)
-        dist_utils.barrier()
+        self.progress = restore(s, s.ckpt) if s.ckpt is not None else Progress()
 
     # -- one epoch ------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int, stop: StopFlag, logger: RunLogger) -> str | None:
         """One epoch (or the rest of an interrupted one); "signal" when a stop was requested."""
         s, t = self.session, self.session.cfg.train
         accum = int(t.accumulate)
-        step = self.step_in_epoch
+        step = self.progress.step_in_epoch
         self._start_epoch(epoch, step)
         params = [p for g in s.optimizer.param_groups for p in g["params"]]
         # loss sum, correct, seen (samples or points), micro-batches
@@ -242,19 +172,19 @@ class _Trainer:
                 step += 1
                 samples_since += t.batch_size
                 bar.update(1)
-                if self.global_step % max(int(s.cfg.run.log_every), 1) == 0 or step == s.steps_per_epoch:
+                if self.progress.global_step % max(int(s.cfg.run.log_every), 1) == 0 or step == s.steps_per_epoch:
                     stats = self._step_record(loss, gnorm, samples_since / max(time.perf_counter() - t_since, 1e-9),
                                               act_bytes, epoch + step / s.steps_per_epoch)
                     self._log_step(logger, stats)
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}")
                     samples_since, t_since = 0, time.perf_counter()
                 if stop_now and step < s.steps_per_epoch:
-                    self.step_in_epoch = step
+                    self.progress.step_in_epoch = step
                     return "signal"
                 s.update_coefficients(epoch, step)
         finally:
             bar.close()
-        self.step_in_epoch = 0
+        self.progress.step_in_epoch = 0
         loss_sum, correct, seen, batches = dist_utils.all_reduce_sum(torch.stack([v.double() for v in totals]))
         self.epoch_train = {"loss": float(loss_sum / max(batches, 1)), "acc": float(100.0 * correct / max(seen, 1)),
                             "activation_bytes": act_bytes}
@@ -264,11 +194,11 @@ class _Trainer:
         """Random streams, sampler and dataset positioned where an uninterrupted run is at ``start_step``."""
         s, t = self.session, self.session.cfg.train
         accum = int(t.accumulate)
-        if start_step and getattr(self, "resumed_rng", None) is not None:
-            restore_rng(self.resumed_rng)  # continue the interrupted epoch's random streams
+        if start_step and self.progress.resumed_rng is not None:
+            restore_rng(self.progress.resumed_rng)  # continue the interrupted epoch's random streams
         else:
             seed_everything(derive_seed(t.seed, epoch, s.dist.rank))
-        self.resumed_rng = None
+        self.progress.resumed_rng = None
         s.sampler.set_epoch(epoch, start_batch=start_step * accum)
         rewind_dataset(s.train_set, epoch, start_step * accum * s.micro)
         s.loader_gen.manual_seed(derive_seed(t.seed, epoch, s.dist.rank, 1))
@@ -318,7 +248,7 @@ class _Trainer:
             s.optimizer.step()
         s.optimizer.zero_grad(set_to_none=True)
         s.lr_schedule.step()
-        self.global_step += 1
+        self.progress.global_step += 1
         return gnorm, bool(flags[1] > 0)
 
     def _diverged(self, loss: torch.Tensor, gnorm: torch.Tensor, epoch: int, step: int) -> TrainingDiverged:
@@ -349,7 +279,7 @@ class _Trainer:
 
     def _log_step(self, logger: RunLogger, stats: dict) -> None:
         """One step's record to tensorboard, metrics.jsonl and the log."""
-        step = self.global_step
+        step = self.progress.global_step
         logger.scalar("train/loss", stats["loss"], step)
         logger.scalar("train/lr", stats["lr"], step)
         logger.scalar("train/grad_norm", stats["grad_norm"], step)
@@ -389,7 +319,7 @@ class _Trainer:
         except BaseException:
             s.release_lock()
             raise
-        cfg, t = s.cfg, s.cfg.train
+        cfg, t, p = s.cfg, s.cfg.train, self.progress
         logger = RunLogger(s.run_dir, enabled=s.main, tensorboard=bool(cfg.run.tensorboard))
         stopped = False
         try:
@@ -398,11 +328,11 @@ class _Trainer:
             s.announce()
             epochs_run = 0
             with StopFlag() as stop:
-                for epoch in range(self.start_epoch, int(t.epochs)):
+                for epoch in range(p.start_epoch, int(t.epochs)):
                     t0 = time.perf_counter()
                     reason = self._train_epoch(epoch, stop, logger)
-                    if reason == "signal" and self.step_in_epoch:
-                        self._save("last.pth", epoch, self.step_in_epoch)
+                    if reason == "signal" and p.step_in_epoch:
+                        save_checkpoint(s, p, "last.pth", epoch, p.step_in_epoch)
                         raise TrainingInterrupted(f"interrupted by {stop.requested} in epoch {epoch + 1}; state saved to "
                                                   f"{s.run_dir / 'last.pth'}; continue with: pointdr2 train --resume {s.run_dir}")
                     self._end_epoch(epoch, time.perf_counter() - t0, logger)
@@ -417,9 +347,9 @@ class _Trainer:
                         stopped = True
                         break
             test_metrics = {} if stopped else self._final_test(logger)
-            epochs_done = self.start_epoch + epochs_run
-            return TrainResult(s.run_dir, epochs_done, self.global_step, self.best_metric, self.best_epoch,
-                               self.last_metrics, test_metrics, stopped, s.metric_name)
+            epochs_done = p.start_epoch + epochs_run
+            return TrainResult(s.run_dir, epochs_done, p.global_step, p.best_metric, p.best_epoch, p.last_metrics,
+                               test_metrics, stopped, s.metric_name)
         finally:
             logger.close()
             s.release_ddp()
@@ -428,7 +358,7 @@ class _Trainer:
     def _end_epoch(self, epoch: int, seconds: float, logger: RunLogger) -> None:
         """Epoch records; every ``train.val_every`` epochs (and the last) evaluation on the selection split,
         best.pth when it improved; last.pth."""
-        s, t = self.session, self.session.cfg.train
+        s, t, p = self.session, self.session.cfg.train, self.progress
         logger.scalar("train/epoch_loss", self.epoch_train["loss"], epoch + 1)
         logger.scalar("train/acc", self.epoch_train["acc"], epoch + 1)
         logger.scalar("speed/epoch_seconds", seconds, epoch + 1)
@@ -436,35 +366,35 @@ class _Trainer:
         if (epoch + 1) % max(int(t.val_every), 1) == 0 or epoch + 1 == int(t.epochs):
             metrics = self._evaluate(s.select_set, f"{s.select_split} {epoch + 1}")
             metrics.pop("confusion", None)
-            self.last_metrics = metrics
+            p.last_metrics = metrics
             for key in METRIC_KEYS:
                 if key in metrics:
                     logger.scalar(f"{s.select_split}/{key}", metrics[key], epoch + 1)
             value = float(metrics[s.metric_name])
-            improved = epoch + 1 == int(t.epochs) if s.select_last else value > self.best_metric
+            improved = epoch + 1 == int(t.epochs) if s.select_last else value > p.best_metric
             if improved:
-                self.best_metric, self.best_epoch = value, epoch + 1
+                p.best_metric, p.best_epoch = value, epoch + 1
             logger.record("epoch", epoch=epoch + 1, seconds=seconds, train=self.epoch_train,
                           **{s.select_split: {k: v for k, v in metrics.items() if k != "task"}})
             second = "cls_miou" if s.task == "partseg" else "macc"
             log.info("epoch %d/%d: train loss %.4f acc %.2f | %s %s %.2f %s %.2f | best %.2f (epoch %d) | %.1f s",
                      epoch + 1, t.epochs, self.epoch_train["loss"], self.epoch_train["acc"], s.select_split,
-                     s.metric_name, value, second, metrics[second], self.best_metric, self.best_epoch, seconds)
+                     s.metric_name, value, second, metrics[second], p.best_metric, p.best_epoch, seconds)
             if improved:
-                self._save("best.pth", epoch + 1)
+                save_checkpoint(s, p, "best.pth", epoch + 1)
         else:
             logger.record("epoch", epoch=epoch + 1, seconds=seconds, train=self.epoch_train)
             log.info("epoch %d/%d: train loss %.4f acc %.2f | %.1f s", epoch + 1, t.epochs, self.epoch_train["loss"],
                      self.epoch_train["acc"], seconds)
-        self._save("last.pth", epoch + 1)
+        save_checkpoint(s, p, "last.pth", epoch + 1)
         logger.flush()
 
     def _final_test(self, logger: RunLogger) -> dict:
         """With val selection: evaluate best.pth once on the test split; write metrics.json."""
-        s = self.session
-        result: dict = {"best_epoch": self.best_epoch, f"best_{s.select_split}_{s.metric_name}": self.best_metric,
-                        "select_on": s.cfg.train.select_on, "last_" + s.select_split: plain(self.last_metrics)}
-        if s.select_split == "val" and s.cfg.train.get("test_at_end", True) and self.best_epoch > 0:
+        s, p = self.session, self.progress
+        result: dict = {"best_epoch": p.best_epoch, f"best_{s.select_split}_{s.metric_name}": p.best_metric,
+                        "select_on": s.cfg.train.select_on, "last_" + s.select_split: plain(p.last_metrics)}
+        if s.select_split == "val" and s.cfg.train.get("test_at_end", True) and p.best_epoch > 0:
             best = load_checkpoint(s.run_dir / "best.pth")
             current = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
             s.model.load_state_dict(best["model"])
@@ -481,14 +411,14 @@ class _Trainer:
             s.model.load_state_dict(current)
             if s.schedule is not None:
                 s.set_coefficients(*saved)
-            log.info("test with best.pth (epoch %d, %s): %s", self.best_epoch,
+            log.info("test with best.pth (epoch %d, %s): %s", p.best_epoch,
                      "the last epoch" if s.select_last else "selected on val",
                      " ".join(f"{k} {test[k]:.2f}" for k in METRIC_KEYS if k in test))
             for key in METRIC_KEYS:
                 if key in test:
-                    logger.scalar(f"test/{key}", test[key], self.best_epoch)
+                    logger.scalar(f"test/{key}", test[key], p.best_epoch)
             result["test"] = plain(test)
-            logger.record("test", best_epoch=self.best_epoch, **{k: v for k, v in result["test"].items() if k != "task"})
+            logger.record("test", best_epoch=p.best_epoch, **{k: v for k, v in result["test"].items() if k != "task"})
         if s.main:
             (s.run_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
         return result.get("test", {})
