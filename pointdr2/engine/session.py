@@ -118,6 +118,35 @@ def _seed_worker(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's worker_
     random.seed(s)
 
 
+def _check_settings(cfg: Config) -> None:
+    """The ``finetune.mode`` and ``train`` settings the set-up relies on, checked before anything is built."""
+    t = cfg.train
+    budget = t.get("memory_budget")
+    if cfg.finetune.mode == "auto" and budget is None:
+        raise ValueError("finetune.mode=auto needs train.memory_budget (e.g. train.memory_budget=12GB): it picks the "
+                         "cheapest mode that fits it")
+    if cfg.finetune.mode not in FINETUNE_MODES + ("auto",):
+        raise ValueError(f"finetune.mode must be one of {', '.join(FINETUNE_MODES)} or auto, got {cfg.finetune.mode!r}")
+    if t.batch_size == "auto" and budget is None:
+        raise ValueError("train.batch_size=auto needs train.memory_budget (e.g. train.memory_budget=12GB): it picks "
+                         "the largest batch that fits it")
+    if budget is not None:
+        parse_size(budget, "train.memory_budget")
+    if t.select_on not in CHOICES["train.select_on"]:
+        raise ValueError(f"train.select_on must be one of {', '.join(CHOICES['train.select_on'])}, "
+                         f"got {t.select_on!r}")
+    for key in ("epochs", "batch_size", "accumulate"):
+        if key == "batch_size" and t[key] == "auto":
+            continue
+        if not isinstance(t[key], int) or t[key] < 1:
+            raise ValueError(f"train.{key} must be a positive integer, got {t[key]!r}")
+    if not 0.0 <= float(t.label_smoothing) < 1.0:
+        raise ValueError(f"train.label_smoothing must lie in [0, 1), got {t.label_smoothing!r}")
+    if t.select_on != "test" and not 0.0 < float(t.val_fraction) < 1.0:
+        raise ValueError(f"train.val_fraction must lie in (0, 1) when train.select_on={t.select_on}, "
+                         f"got {t.val_fraction!r}")
+
+
 # ----------------------------------------------------------------------------- the session
 class Session:
     """One training job's set-up (see the module docstring): the config it was checked against, and after
@@ -132,31 +161,7 @@ class Session:
         self.memory_fit_text: str | None = None  # what the memory fit chose, for train.log and --check
         self.lock: RunLock | None = None  # held by rank 0 from the run directory's claim to release_lock()
         self.ddp = None  # the DDP wrapper of the network, when training in a process group
-        t = cfg.train
-        budget = t.get("memory_budget")
-        if cfg.finetune.mode == "auto" and budget is None:
-            raise ValueError("finetune.mode=auto needs train.memory_budget (e.g. train.memory_budget=12GB): it picks the "
-                             "cheapest mode that fits it")
-        if cfg.finetune.mode not in FINETUNE_MODES + ("auto",):
-            raise ValueError(f"finetune.mode must be one of {', '.join(FINETUNE_MODES)} or auto, got {cfg.finetune.mode!r}")
-        if t.batch_size == "auto" and budget is None:
-            raise ValueError("train.batch_size=auto needs train.memory_budget (e.g. train.memory_budget=12GB): it picks "
-                             "the largest batch that fits it")
-        if budget is not None:
-            parse_size(budget, "train.memory_budget")
-        if t.select_on not in CHOICES["train.select_on"]:
-            raise ValueError(f"train.select_on must be one of {', '.join(CHOICES['train.select_on'])}, "
-                             f"got {t.select_on!r}")
-        for key in ("epochs", "batch_size", "accumulate"):
-            if key == "batch_size" and t[key] == "auto":
-                continue
-            if not isinstance(t[key], int) or t[key] < 1:
-                raise ValueError(f"train.{key} must be a positive integer, got {t[key]!r}")
-        if not 0.0 <= float(t.label_smoothing) < 1.0:
-            raise ValueError(f"train.label_smoothing must lie in [0, 1), got {t.label_smoothing!r}")
-        if t.select_on != "test" and not 0.0 < float(t.val_fraction) < 1.0:
-            raise ValueError(f"train.val_fraction must lie in (0, 1) when train.select_on={t.select_on}, "
-                             f"got {t.val_fraction!r}")
+        _check_settings(cfg)
 
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self, check_world: int | None = None) -> None:

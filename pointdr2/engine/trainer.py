@@ -24,6 +24,11 @@
 - bad states: NaN/inf loss stops with :class:`TrainingDiverged` (the last good ``last.pth`` is
   kept); SIGINT/SIGTERM finish the current optimizer step, save ``last.pth`` and raise
   :class:`TrainingInterrupted`.
+
+This module holds the training loop itself (epochs, micro-batch backward passes, optimizer steps, the
+divergence check, step records, evaluation, the final test) and the entry points :func:`train` and
+:func:`check`. The set-up it runs on is :mod:`pointdr2.engine.session`, where a run stands and what its
+checkpoints hold is :mod:`pointdr2.engine.run_state`, the stop flag is :mod:`pointdr2.engine.signals`.
 """
 
 from __future__ import annotations
