@@ -30,7 +30,6 @@ __all__ = ["Progress", "checkpoint_state", "save_checkpoint", "restore", "load_r
 log = logging.getLogger("pointdr2.engine.trainer")  # the training job's logger: train.log names it as before
 
 
-
 @dataclass
 class Progress:
     """Where a run stands, beside its session's parts: the epoch this invocation starts at, optimizer steps
