@@ -46,14 +46,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                 "finetune.residual=branch"],
                   "what": "the reference implementation's recipe: alpha 1->0, beta 0.1->1, output x_N, the "
                           "identity scaled inside each attention/MLP branch"},
-    "alpha+beta>1": {"overrides": ["finetune.alpha=[1.0, 0.0]", "finetune.beta=[0.1, 1.0]"],
-                     "what": "coefficients off the alpha+beta=1 line (start at alpha 1, beta 0.1)"},
-    "output=last": {"overrides": ["finetune.output=last"], "what": "stack output x_N instead of the residual sum"},
-    "residual=branch": {"overrides": ["finetune.residual=branch"],
-                        "what": "identity scaled inside each branch (two sub-blocks per transformer block)"},
+    "gain=balanced": {"overrides": ["finetune.gain=balanced"],
+                      "what": "each unit's residual update scaled by 1+beta (the pretrained function is kept "
+                              "better through the schedule; the units' updates weigh up to twice as much)"},
+    "end 0.2/0.8": {"overrides": ["finetune.alpha=[0.9, 0.2]", "finetune.beta=[0.1, 0.8]"],
+                    "what": "the schedule ends at alpha 0.2, beta 0.8 instead of 0, 1 (closer to the pretrained "
+                            "network; reconstruction error grows by 1/beta = 1.25 per unit)"},
     "anneal 2/3": {"overrides": ["finetune.end_epoch={two_thirds}"],
                    "what": "coefficients annealed over the first 2/3 of training instead of 1/3"},
 }
+# Measured by earlier full runs and no longer repeated (1 seed each, 2026-12-04, test OA - recipe): alpha+beta>1
+# (start at alpha 1, beta 0.1) +0.60, output=last -0.27, residual=branch -1.60; see docs/results.md of that date.
 
 
 @dataclass(frozen=True)
@@ -115,14 +118,15 @@ class Settings:
 
 
 def full_settings() -> Settings:
-    # Five seeds where the 90 minutes allow them. The transformer's runs are short (3-6 min), so its claim
-    # (dr2net vs conventional) and the surrogate's control (dr2net-exact) get 5 seeds; its checkpoint control
-    # (the noise floor, 2x a conventional run) 3. PointNeXt's runs are the study's longest: 3 seeds, its
+    # As many seeds as the 90 minutes allow. The transformer's runs are short (3-4 min), so its claim (dr2net vs
+    # conventional) and the surrogate's control (dr2net-exact) get 6 seeds (with 5 seeds and 1,500 test objects the
+    # full run of 2026-12-04 ended at [-1.03, +1.37], just wider than the +-1 margin; 6,000 test objects now take
+    # most of the test-set part out of each seed's number); its checkpoint control (the noise floor) 3. PointNeXt's runs are the study's longest: 3 seeds, its
     # checkpoint control 1 (same function as conventional but not bitwise the same training: the chunked
     # recomputation rounds differently, and this short schedule amplifies it: in the full runs of 2026-12-04
     # its seed 0 differed from conventional's by +0.38 mIoU with the earlier 16-epoch design and by -3.04,
     # 95% interval [-4.32, -1.69] over rooms, with the current one). The report says which modes ran fewer seeds.
-    return Settings(data_size="study", seeds=5, ablation_seeds=1, ablation_variants=list(VARIANTS),
+    return Settings(data_size="study", seeds=6, ablation_seeds=1, ablation_variants=list(VARIANTS),
                     scratch_control=True,
                     mode_seeds={"transformer": {"checkpoint": 3},
                                 "pointnext": {"conventional": 3, "dr2net": 3, "dr2net-exact": 3, "checkpoint": 1}})

@@ -18,7 +18,7 @@ def test_full_plan_seeds_per_track_and_mode(tmp_path):
     s = full_settings()
     counts = {t: Counter(sp.meta["mode"] for sp in plan.finetune_specs(tmp_path, t, s))
               for t in ("transformer", "pointnext")}
-    assert counts["transformer"] == {"conventional": 5, "checkpoint": 3, "dr2net": 5, "dr2net-exact": 5}
+    assert counts["transformer"] == {"conventional": 6, "checkpoint": 3, "dr2net": 6, "dr2net-exact": 6}
     assert counts["pointnext"] == {"conventional": 3, "checkpoint": 1, "dr2net": 3, "dr2net-exact": 3}
     s.seeds = 2  # --seeds 2 caps every mode, reduced or not
     counts = Counter(sp.meta["mode"] for sp in plan.finetune_specs(tmp_path, "pointnext", s))
