@@ -15,7 +15,7 @@ def test_defaults_and_attribute_access():
     cfg = load_config(None)
     assert cfg.train.epochs == DEFAULTS["train"]["epochs"]
     assert cfg["finetune"]["mode"] == "dr2net"
-    assert cfg.finetune.alpha == [0.9, 0.0]
+    assert cfg.finetune.alpha == [0.9, 0.1] and cfg.finetune.beta == [0.1, 0.9] and cfg.finetune.gain == "plain"
     assert cfg.finetune.output == "sum" and cfg.finetune.shape == "linear"
 
 

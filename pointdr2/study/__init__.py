@@ -163,9 +163,13 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
         ft_cfg = ft_spec[t].resolved().finetune
         recipe = {"alpha": list(ft_cfg.alpha), "beta": list(ft_cfg.beta), "output": str(ft_cfg.output),
                   "residual": str(ft_cfg.residual), "gain": str(ft_cfg.gain)}
+        # the recipe, each of its two choices undone (the end alpha 0, beta 1; the other gain), the reference's
         variants = {"recipe": recipe}
-        if recipe["gain"] == "balanced":  # what the balanced gain is worth: the same schedule with plain updates
-            variants["recipe, gain plain"] = {**recipe, "gain": "plain"}
+        if (recipe["alpha"][1], recipe["beta"][1]) != (0.0, 1.0):
+            variants["end 0/1"] = {**recipe, "alpha": [recipe["alpha"][0], 0.0], "beta": [recipe["beta"][0], 1.0]}
+        other = "plain" if recipe["gain"] == "balanced" else "balanced"
+        if recipe["residual"] == "block":
+            variants[f"gain {other}"] = {**recipe, "gain": other}
         variants["reference"] = {"alpha": [1.0, 0.0], "beta": [0.1, 1.0], "output": "last", "residual": "branch",
                                  "gain": "plain"}
         study["tracks"][t]["preservation"] = measure.preservation(pre[t], variants, s.preservation_points,

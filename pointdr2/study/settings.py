@@ -49,9 +49,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gain=balanced": {"overrides": ["finetune.gain=balanced"],
                       "what": "each unit's residual update scaled by 1+beta (the pretrained function is kept "
                               "better through the schedule; the units' updates weigh up to twice as much)"},
-    "end 0.2/0.8": {"overrides": ["finetune.alpha=[0.9, 0.2]", "finetune.beta=[0.1, 0.8]"],
-                    "what": "the schedule ends at alpha 0.2, beta 0.8 instead of 0, 1 (closer to the pretrained "
-                            "network; reconstruction error grows by 1/beta = 1.25 per unit)"},
+    "end 0/1": {"overrides": ["finetune.alpha=[0.9, 0.0]", "finetune.beta=[0.1, 1.0]"],
+                "what": "the schedule ends at alpha 0, beta 1 (the classic reversible network, the recipe until "
+                        "2026-12-07) instead of alpha 0.1, beta 0.9"},
     "anneal 2/3": {"overrides": ["finetune.end_epoch={two_thirds}"],
                    "what": "coefficients annealed over the first 2/3 of training instead of 1/3"},
 }
