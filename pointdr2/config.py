@@ -67,7 +67,8 @@ DEFAULTS: dict[str, Any] = {
         # How each unit's residual update enters the stream: "plain" (G(x) = alpha*x + F(x)) or "balanced"
         # (alpha*x + (1+beta)*F(x), output "sum" then (x_N + beta*x_{N-1})/(1+beta)): every unit reads, on
         # average, the full weight of the earlier updates, as in the pretrained network. Both are exact at
-        # alpha=1, beta=0 and equally reversible (pointdr2.reversible.stack.output_weights).
+        # alpha=1, beta=0 and reversible (pointdr2.reversible.stack.output_weights). Balanced finetuned worse in
+        # the measurements of 2026-12-07 (README), so plain is the default.
         "gain": "plain",
         # Backprop mode of the stacks in dr2net finetuning: auto | reversible | exact (plain autograd
         # through the same surrogate: the control for the reconstruction's gradient error).
@@ -299,6 +300,17 @@ def _set_dotted(tree: dict, key: str, value: Any, *, is_new: bool) -> None:
     node[leaf] = value
 
 
+def _check_key_names(tree: Mapping, prefix: str = "") -> None:
+    """No key may be named like an attribute of :class:`Config` (a dict): ``cfg.finetune.update`` would return
+    the dict's ``update`` method instead of the value, silently."""
+    for key, value in tree.items():
+        if isinstance(key, str) and hasattr(Config, key):
+            raise ConfigError(f"{prefix}{key}: the key's name is taken by the config object's own attribute {key!r} "
+                              "(cfg...." + key + " would not return its value); rename the key")
+        if isinstance(value, Mapping):
+            _check_key_names(value, f"{prefix}{key}.")
+
+
 def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> Config:
     """Load ``path`` (or only the defaults when ``path`` is None) and apply ``overrides``.
 
@@ -317,6 +329,7 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -
         key, value, is_new = parse_override(text)
         _set_dotted(tree, key, value, is_new=is_new)
     _check_types(tree, DEFAULTS)
+    _check_key_names(tree)
     cfg = Config(tree)
     # Where the config came from, kept off the tree so dumps and comparisons see only settings.
     object.__setattr__(cfg, "_source_path", None if path is None else str(path))

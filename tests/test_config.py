@@ -136,3 +136,12 @@ def test_values_are_checked_by_key_with_their_range_or_choices(override, message
 def test_whole_numbers_given_as_floats_become_ints():
     cfg = load_config(None, ["train.epochs=3.0", "train.seed=7"])
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int) and cfg.train.seed == 7
+
+
+def test_a_key_named_like_a_config_method_is_refused():
+    """cfg.finetune.update would return dict.update, not the value: such names are refused by key."""
+    with pytest.raises(ConfigError, match=r"^model\.items: the key's name is taken"):
+        load_config(None, ["+model.items=3"])
+    with pytest.raises(ConfigError, match=r"^finetune\.update: "):
+        load_config(None, ["+finetune.update=balanced"])
+    assert load_config(None, ["+model.depth=3"]).model.depth == 3
