@@ -35,9 +35,40 @@ from pointdr2.study import analysis, data, measure, plan, plots, report
 from pointdr2.study.runs import execute, read_run
 from pointdr2.study.settings import MARGIN, MODES, TRACKS, Settings, full_settings, quick_settings
 
-__all__ = ["StudyOptions", "run_study"]
+__all__ = ["StudyOptions", "run_study", "Ledger"]
 
 log = logging.getLogger(__name__)
+
+
+class Ledger:
+    """``invocations.json``: the wall time of every invocation of a study continued over several.
+
+    The entry of the running invocation is rewritten (atomically) at every :meth:`tick`, after each stage
+    and each finished run, so an invocation that is killed still counts up to its last tick.
+    """
+
+    def __init__(self, path: Path, command: str, fresh: bool) -> None:
+        self.path = Path(path)
+        self.calls: list[dict[str, Any]] = [] if fresh or not self.path.is_file() \
+            else json.loads(self.path.read_text())
+        self._t0 = time.perf_counter()
+        self.entry: dict[str, Any] = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                      "seconds": 0.0, "last": "started", "finished": None}
+        self.calls.append(self.entry)
+        self.tick("started")
+
+    def tick(self, what: str, finished: bool = False) -> None:
+        self.entry["seconds"] = time.perf_counter() - self._t0
+        self.entry["last"] = what
+        if finished:
+            self.entry["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.calls, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(c["seconds"] for c in self.calls))
 
 
 @dataclass
@@ -98,11 +129,13 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
     s = _settings(opts)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out / "invocations.json", opts.command, fresh=bool(opts.force))
     tracks = [opts.only] if opts.only else list(TRACKS)
     layouts = tuple(dict.fromkeys(lay for t in tracks for lay in TRACKS[t].layouts))
 
     log.info("[1/4] synthetic data (%s size) in %s", s.data_size, out / "data")
     data_info = data.generate(out, s.data_size, layouts, opts.force, progress=opts.progress)
+    ledger.tick("data")
 
     pre = {t: plan.pretrain_spec(out, t, s) for t in tracks}
     finetune = {t: plan.finetune_specs(out, t, s) for t in tracks}
@@ -120,7 +153,9 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
     log.info("[2/4] pretraining, then finetuning: %d runs (%s x %d modes x %d seeds%s%s), %d at a time", len(jobs),
              ", ".join(tracks), len(MODES), s.seeds, ", scratch controls" if scratch else "",
              ", recipe ablation" if ablation else "", s.workers)
-    execute(jobs, workers=s.workers, threads=opts.threads, force=opts.force, progress=opts.progress, desc="runs")
+    execute(jobs, workers=s.workers, threads=opts.threads, force=opts.force, progress=opts.progress, desc="runs",
+            on_done=lambda spec: ledger.tick(f"run {spec.key}"))
+    ledger.tick("runs")
 
     study: dict[str, Any] = {"command": opts.command, "quick": bool(opts.quick), "seeds": s.seeds,
                              "workers": s.workers, "threads": opts.threads, "bootstrap": s.bootstrap,
@@ -180,13 +215,9 @@ def run_study(opts: StudyOptions) -> dict[str, Any]:
                                                s.grid_alphas, s.grid_betas, s.grid_batch, out / "grad_grid.json",
                                                opts.force, opts.progress)
     study["wall_seconds"] = time.perf_counter() - t_start
-    # a study continued over several invocations (killed, or one track first): the time of every one
-    ledger = out / "invocations.json"
-    calls = json.loads(ledger.read_text()) if ledger.is_file() and not opts.force else []
-    calls.append({"command": opts.command, "seconds": study["wall_seconds"], "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-    ledger.write_text(json.dumps(calls, indent=2) + "\n")
-    study["invocations"] = calls
-    study["wall_seconds_total"] = sum(c["seconds"] for c in calls)
+    ledger.tick("measurements", finished=True)
+    study["invocations"] = ledger.calls
+    study["wall_seconds_total"] = ledger.total_seconds
     study["machine"] = machine_info()
 
     log.info("[4/4] plots and results.md")

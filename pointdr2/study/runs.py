@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +109,10 @@ def _run_one(spec: RunSpec, threads: int) -> float:
 
 
 def execute(specs: Sequence[RunSpec], *, workers: int, threads: int, force: bool = False, progress: bool = True,
-            desc: str = "runs") -> None:
+            desc: str = "runs", on_done: Callable[[RunSpec], None] | None = None) -> None:
     """Run every spec not already finished, ``workers`` at a time, longest expected first.
+
+    ``on_done(spec)`` is called after each run that finished.
 
     A spec whose ``meta["after"]`` names another spec's key starts once that one is done (a finetuning
     waits for its own track's pretraining only).
@@ -139,6 +141,8 @@ def execute(specs: Sequence[RunSpec], *, workers: int, threads: int, force: bool
                 spec = running.pop(fut)
                 try:
                     log.info("study run %s done in %.0f s", spec.key, fut.result())
+                    if on_done is not None:
+                        on_done(spec)
                 except BaseException as exc:  # noqa: BLE001 - reported after the running runs end
                     errors.append(exc)
                 waiting.discard(spec.key)

@@ -118,15 +118,14 @@ class Settings:
 
 
 def full_settings() -> Settings:
-    # As many seeds as the 90 minutes allow. The transformer's runs are short (3-4 min), so its claim (dr2net vs
-    # conventional) and the surrogate's control (dr2net-exact) get 6 seeds (with 5 seeds and 1,500 test objects the
-    # full run of 2026-12-04 ended at [-1.03, +1.37], just wider than the +-1 margin; 6,000 test objects now take
-    # most of the test-set part out of each seed's number); its checkpoint control (the noise floor) 3. PointNeXt's runs are the study's longest: 3 seeds, its
-    # checkpoint control 1 (same function as conventional but not bitwise the same training: the chunked
-    # recomputation rounds differently, and this short schedule amplifies it: in the full runs of 2026-12-04
-    # its seed 0 differed from conventional's by +0.38 mIoU with the earlier 16-epoch design and by -3.04,
-    # 95% interval [-4.32, -1.69] over rooms, with the current one). The report says which modes ran fewer seeds.
-    return Settings(data_size="study", seeds=6, ablation_seeds=1, ablation_variants=list(VARIANTS),
+    # As many seeds as the 90 minutes allow. The transformer's runs are short (3-5 min), so its claim (dr2net vs
+    # conventional) and the surrogate's control (dr2net-exact) get 5 seeds on 6,000 test objects (the test set
+    # takes most of the test-item part out of each seed's number; 6 seeds made the full run 88 min on 2 cores on
+    # 2026-12-07, too close to the budget), its checkpoint control (the noise floor) 3. PointNeXt's runs are the
+    # study's longest: 3 seeds, its checkpoint control 1 (same function as conventional but not bitwise the same
+    # training: the chunked recomputation rounds differently, and a short schedule amplifies it). The report says
+    # which modes ran fewer seeds.
+    return Settings(data_size="study", seeds=5, ablation_seeds=1, ablation_variants=list(VARIANTS),
                     scratch_control=True,
                     mode_seeds={"transformer": {"checkpoint": 3},
                                 "pointnext": {"conventional": 3, "dr2net": 3, "dr2net-exact": 3, "checkpoint": 1}})
