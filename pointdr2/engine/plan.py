@@ -45,13 +45,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pointdr2 import ops
 from pointdr2.data.synthetic import indoor_crop
 from pointdr2.engine.checkpoint import capture_rng, restore_rng
 from pointdr2.engine.evaluator import amp_context, forward_batch
+from pointdr2.engine.losses import build_loss
 from pointdr2.engine.memory import (
     PeakByOperation,
     PeakRSS,
@@ -449,7 +449,7 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
     optimizer = build_optimizer(model, cfg.train, extra=extra)
     params = list(model.parameters()) + [p for _, p in extra]
     amp = str(cfg.train.get("amp", "none")).lower()
-    smoothing = float(cfg.train.get("label_smoothing", 0.0))
+    loss_fn = build_loss(cfg.train)
     states = _StackStates(net)
     out: dict[str, Any] = {"probes": [], "depths": [len(s.blocks) for s in states.stacks]}
     def probe(b: int, n: int) -> dict:
@@ -459,7 +459,7 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
         def forward(batch=batch, target=target):
             with amp_context(device, amp):
                 logits = forward_batch(net, batch, task, device)
-                return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+                return loss_fn(logits, target)
 
         optimizer.zero_grad(set_to_none=False)
         forward().backward()  # warm-up: gradients and optimizer state exist, as in the steps that follow
