@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pointdr2.bench import plan as bench_plan
-from pointdr2.bench.memory import _run_one
+from pointdr2.bench.memory import run_row
 from pointdr2.commands import build_parser
 from pointdr2.commands.bench import check_arguments
 
@@ -28,7 +28,7 @@ def test_predicted_saved_bytes_match_the_harness_at_an_unprobed_batch():
     assert [r["label"] for r in rows] == ["conventional", "checkpoint", "dr2net@worst", "dr2net@end"]
     assert rows[2]["worker"]["case_args"]["finetune"] == {"mode": "dr2net", "backprop": "reversible", "cache_every": 3}
     r = rows[2]  # conventional and checkpoint are checked in-process in tests/engine/test_plan.py
-    res = _run_one(r["worker"], 600)
+    res = run_row(r["worker"], 600)
     assert "error" not in res, res.get("error")
     assert res["cache_every"] == r["cache_every"] == 3
     assert r["pred_saved"] == pytest.approx(res["saved_bytes"], rel=0.02)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pointdr2.bench.memory import _run_one
+from pointdr2.bench.memory import run_row
 from pointdr2.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def measure(args: Options, progress: bool = True) -> list[dict[str, Any]]:
     for case in cases_of(args):
         rows += rows_for(case, args)
     for r in progress_bar(rows, desc="bench plan", unit="config", enabled=progress):
-        res = _run_one(r["worker"], args.timeout)
+        res = run_row(r["worker"], args.timeout)
         if "error" in res:
             r["error"] = res["error"]
             log.warning("%s %s batch %d: %s", r["case"], r["label"], r["batch"], res["error"])

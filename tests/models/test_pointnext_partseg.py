@@ -293,5 +293,5 @@ def test_memory_bench_case_rows_are_the_same_network_and_recomputation_saves_byt
     torch.testing.assert_close(logits["dr2net"], logits["conventional"])
     base = {"model": "pointnext-s-partseg", "batch": 2, "points": 256, "steps": 1, "device": "cpu", "threads": 1,
             "alpha": 0.0, "beta": 1.0, "measure": ["saved"], "depth": None}
-    saved = {m: memory._worker({**base, "mode": m, "label": m})["saved_bytes"] for m in ("conventional", "checkpoint")}
+    saved = {m: memory.measure_row({**base, "mode": m, "label": m})["saved_bytes"] for m in ("conventional", "checkpoint")}
     assert saved["checkpoint"] < 0.2 * saved["conventional"]  # 0.12 measured (also at 2,048 points)
