@@ -35,6 +35,16 @@ def test_predicted_saved_bytes_match_the_harness_at_an_unprobed_batch():
     assert rows[2]["pred_saved"] < 0.1 * rows[0]["pred_saved"]
 
 
+def test_part_segmentation_rows_match_the_harness():
+    case = next(c for c in bench_plan.QUICK_CASES if c["name"] == "partseg-tiny")
+    rows = bench_plan.rows_for({**case, "batches": [6], "points": [128]}, _args())
+    for r in (rows[0], rows[3]):  # conventional, dr2net@end: shapes with a category, through the harness
+        res = run_row(r["worker"], 600)
+        assert "error" not in res, res.get("error")
+        assert r["pred_saved"] == pytest.approx(res["saved_bytes"], rel=0.02), r["label"]
+    assert rows[3]["pred_saved"] < 0.2 * rows[0]["pred_saved"]
+
+
 def test_bad_options_are_one_line_errors():
     with pytest.raises(ValueError, match="--cases: unknown nope"):
         _check("--quick", "--cases", "nope")
@@ -43,4 +53,4 @@ def test_bad_options_are_one_line_errors():
     with pytest.raises(ValueError, match="--device"):
         bench_plan.cases_of(_args(device="tpu"))
     cases = bench_plan.cases_of(_args(quick=False, short=True))
-    assert [(c["batches"], c["points"]) for c in cases] == [([32], [1024]), ([2], [24000])]
+    assert [(c["batches"], c["points"]) for c in cases] == [([32], [1024]), ([2], [24000]), ([16], [2048])]

@@ -31,7 +31,12 @@ def build_case(model: str, mode: str, depth: int | None, batch: int, points: int
     data = torch.utils.data.default_collate([synthetic_sample(cfg, task, points, i) for i in range(batch)])
     target = data["label"].to(device)
     loss = build_loss(cfg.train)
-    inputs = (data["points"],) if task == "classification" else (data["pos"], data["feats"])
+    if task == "classification":
+        inputs = (data["points"],)
+    elif task == "partseg":
+        inputs = (data["points"], data["category"])
+    else:
+        inputs = (data["pos"], data["feats"])
 
     def loss_fn(logits: torch.Tensor) -> torch.Tensor:
         return loss(logits, target)
