@@ -339,7 +339,7 @@ class Session:
         as a dict; ``{"error": ...}`` when nothing fits."""
         cfg, t = self.cfg, self.cfg.train
         sample = self.train_set[0]
-        points = int((sample["points"] if self.task == "classification" else sample["pos"]).shape[0])
+        points = int((sample["points"] if "points" in sample else sample["pos"]).shape[0])
         freed = self.device.type == "cpu" and return_freed_blocks()
         try:
             mode = str(cfg.finetune.mode)

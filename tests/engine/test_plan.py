@@ -325,3 +325,30 @@ def test_part_segmentation_plan_matches_an_independent_count():
         loss.backward()
         row = plan.row(mode, "worst" if mode == "dr2net" else None)
         assert row.saved_bytes(6, 128) == pytest.approx(sum(storages.values()), rel=0.02), mode
+
+
+@pytest.mark.parametrize("budget,fits", [("1GiB", True), ("1MiB", False)])
+def test_memory_fit_under_two_gloo_processes(tmp_path, budget, fits):
+    # rank 0 measures the plan and every rank trains with its choice; when nothing fits, every rank stops
+    # with the same one-line error (none waits for a peer) and nothing is written
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parents[1]), str(here)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(here / "ddp_plan_worker.py"), str(tmp_path), budget]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    if fits:
+        assert all("error" not in r for r in reports), reports
+        assert reports[0]["fit"] == reports[1]["fit"] and reports[0]["fit"]["mode"] == "conventional"
+        assert [(r["world"], r["micro"], r["mode"], r["steps"]) for r in reports] == [(2, 4, "conventional", 3)] * 2
+        assert "x 2 processes" in (tmp_path / "run" / "train.log").read_text()
+    else:
+        assert [r["error"].split(":")[0] for r in reports] == ["MemoryBudgetError"] * 2
+        assert reports[0]["error"] == reports[1]["error"] and "smallest budget that would work" in reports[0]["error"]
+        assert not (tmp_path / "run").exists()
