@@ -95,6 +95,19 @@ DEFAULTS: dict[str, Any] = {
         "optimizer": "adamw",
         "betas": [0.9, 0.999],
         "label_smoothing": 0.0,
+        # cross_entropy | poly1_focal (openpoints' Poly1FocalLoss, PointNeXt's ShapeNetPart recipe: a sigmoid focal
+        # loss over one-hot targets plus focal_epsilon * (1 - p_t)^(focal_gamma + 1), mean over points and classes)
+        "loss": "cross_entropy",
+        "focal_epsilon": 1.0,
+        "focal_alpha": 0.25,
+        "focal_gamma": 2.0,
+        # cosine (linear warm-up, then cosine to min_lr) | multistep (lr x decay_rate at each of decay_epochs)
+        "scheduler": "cosine",
+        # cosine: the epoch at which it reaches min_lr and stays (Point-MAE's part segmentation: 100 of 300);
+        # null: train.epochs
+        "cosine_epochs": None,
+        "decay_epochs": None,  # multistep: e.g. [210, 270] (PointNeXt's ShapeNetPart recipe)
+        "decay_rate": 0.1,
         "grad_clip": 10.0,
         "accumulate": 1,
         # none | bf16 | fp16
@@ -348,8 +361,10 @@ INTEGERS = ("train.epochs", "train.batch_size", "train.accumulate", "train.seed"
             "train.val_every", "eval.batch_size", "eval.vote", "run.log_every")
 # Keys whose value may not be negative, and keys with an interval: (low, high, closed at high).
 NON_NEGATIVE = ("train.min_lr", "train.weight_decay", "train.warmup_epochs", "train.grad_clip", "train.num_workers",
+                "train.focal_epsilon", "train.focal_gamma",
                 "finetune.start_epoch", "finetune.end_epoch")
-INTERVALS = {"train.label_smoothing": (0.0, 1.0, False), "train.val_fraction": (0.0, 1.0, False)}
+INTERVALS = {"train.label_smoothing": (0.0, 1.0, False), "train.val_fraction": (0.0, 1.0, False),
+             "train.focal_alpha": (0.0, 1.0, True), "train.decay_rate": (0.0, 1.0, True)}
 # Keys with a fixed set of values (their consumers accept exactly these).
 CHOICES: dict[str, tuple[str, ...]] = {
     "finetune.mode": ("dr2net", "conventional", "checkpoint", "auto"),
@@ -361,6 +376,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adamw", "sgd"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.select_on": ("val", "last", "test"),
+    "train.loss": ("cross_entropy", "poly1_focal"),
+    "train.scheduler": ("cosine", "multistep"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pointdr2.bench import plan as bench_plan
-from pointdr2.bench.memory import _run_one
+from pointdr2.bench.memory import run_row
 from pointdr2.commands import build_parser
 from pointdr2.commands.bench import check_arguments
 
@@ -28,11 +28,21 @@ def test_predicted_saved_bytes_match_the_harness_at_an_unprobed_batch():
     assert [r["label"] for r in rows] == ["conventional", "checkpoint", "dr2net@worst", "dr2net@end"]
     assert rows[2]["worker"]["case_args"]["finetune"] == {"mode": "dr2net", "backprop": "reversible", "cache_every": 3}
     r = rows[2]  # conventional and checkpoint are checked in-process in tests/engine/test_plan.py
-    res = _run_one(r["worker"], 600)
+    res = run_row(r["worker"], 600)
     assert "error" not in res, res.get("error")
     assert res["cache_every"] == r["cache_every"] == 3
     assert r["pred_saved"] == pytest.approx(res["saved_bytes"], rel=0.02)
     assert rows[2]["pred_saved"] < 0.1 * rows[0]["pred_saved"]
+
+
+def test_part_segmentation_rows_match_the_harness():
+    case = next(c for c in bench_plan.QUICK_CASES if c["name"] == "partseg-tiny")
+    rows = bench_plan.rows_for({**case, "batches": [6], "points": [128]}, _args())
+    for r in (rows[0], rows[3]):  # conventional, dr2net@end: shapes with a category, through the harness
+        res = run_row(r["worker"], 600)
+        assert "error" not in res, res.get("error")
+        assert r["pred_saved"] == pytest.approx(res["saved_bytes"], rel=0.02), r["label"]
+    assert rows[3]["pred_saved"] < 0.2 * rows[0]["pred_saved"]
 
 
 def test_bad_options_are_one_line_errors():
@@ -43,4 +53,4 @@ def test_bad_options_are_one_line_errors():
     with pytest.raises(ValueError, match="--device"):
         bench_plan.cases_of(_args(device="tpu"))
     cases = bench_plan.cases_of(_args(quick=False, short=True))
-    assert [(c["batches"], c["points"]) for c in cases] == [([32], [1024]), ([2], [24000])]
+    assert [(c["batches"], c["points"]) for c in cases] == [([32], [1024]), ([2], [24000]), ([16], [2048])]

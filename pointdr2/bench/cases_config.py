@@ -11,9 +11,9 @@ what ``finetune`` says and the depth what the config says. ``bench plan`` measur
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from pointdr2.config import find_config, load_config
+from pointdr2.engine.losses import build_loss
 from pointdr2.engine.network import build_network
 from pointdr2.engine.plan import DATASET_CLASSES, synthetic_sample, task_of_config
 from pointdr2.models import build_model
@@ -30,10 +30,15 @@ def build_case(model: str, mode: str, depth: int | None, batch: int, points: int
     net = net.to(device).train()
     data = torch.utils.data.default_collate([synthetic_sample(cfg, task, points, i) for i in range(batch)])
     target = data["label"].to(device)
-    smoothing = float(cfg.train.get("label_smoothing", 0.0))
-    inputs = (data["points"],) if task == "classification" else (data["pos"], data["feats"])
+    loss = build_loss(cfg.train)
+    if task == "classification":
+        inputs = (data["points"],)
+    elif task == "partseg":
+        inputs = (data["points"], data["category"])
+    else:
+        inputs = (data["pos"], data["feats"])
 
     def loss_fn(logits: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+        return loss(logits, target)
 
     return net, tuple(t.to(device) for t in inputs), loss_fn

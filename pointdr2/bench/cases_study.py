@@ -2,9 +2,9 @@
 
 ``pointdr2 bench study`` measures memory and step time of exactly the networks it finetunes. It writes
 a case spec (JSON), points the environment variable ``POINTDR2_STUDY_CASE`` at it and runs each row
-with :func:`run_row`: a fresh ``python -m pointdr2.bench.cases_study --worker CFG`` process that
-registers this module as case ``"study"`` of the memory harness and runs the harness' own worker
-(``pointdr2.bench.memory._worker``: warm-up, timed steps, bytes saved for backward, peak RSS). The
+with :func:`run_row`: a fresh ``python -m pointdr2.commands.worker`` process that registers this module
+as case ``"study"`` of the memory harness and runs the harness' own measurement
+(``pointdr2.bench.memory.measure_row``: warm-up, timed steps, bytes saved for backward, peak RSS). The
 worker inherits the variable. The spec holds::
 
     {"model": cfg.model, "dataset": cfg.dataset, "finetune": cfg.finetune, "pretrained": path or null,
@@ -113,20 +113,6 @@ def build_case(model: str, mode: str, depth: int | None, batch: int, points: int
 
 
 def run_row(cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """One harness row in a fresh subprocess: ``pointdr2.bench.memory``'s worker with this case registered
-    first (so the study does not depend on an entry in memory.py's table); otherwise exactly
-    ``pointdr2.bench.memory._run_one``.
-    """
-    return memory._run_one(cfg, timeout, worker_module="pointdr2.bench.cases_study")
-
-
-def _worker_main(argv: list[str]) -> int:
-    """``memory``'s worker entry with this module registered as case ``"study"`` first."""
-    memory.CASE_MODULES.setdefault("study", "pointdr2.bench.cases_study")
-    return memory._worker_main(argv)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(_worker_main(sys.argv[1:]))
+    """One harness row in a fresh subprocess (:func:`pointdr2.bench.memory.run_row`) with this module
+    registered as case ``"study"`` there (so the study does not depend on an entry in memory.py's table)."""
+    return memory.run_row(cfg, timeout, cases={"study": "pointdr2.bench.cases_study"})

@@ -187,7 +187,8 @@ def row_configs(args: Options) -> list[dict[str, Any]]:
 # and the trainer's memory budget measure with the same ones.
 
 
-def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
+def measure_row(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One harness row in this process (warm-up, timed steps, bytes saved for backward, peak memory)."""
     import torch
 
     from pointdr2.reversible import iter_stacks
@@ -304,14 +305,17 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- parent
-def _run_one(cfg: dict[str, Any], timeout: float, worker_module: str = "pointdr2.bench.memory") -> dict[str, Any]:
-    """One configuration in a fresh ``python -m <worker_module> --worker CFG`` process (a module whose
-    ``--worker`` entry runs ``_worker``, e.g. one that first registers its own case)."""
+def run_row(cfg: dict[str, Any], timeout: float, cases: dict[str, str] | None = None) -> dict[str, Any]:
+    """One configuration in a fresh ``python -m pointdr2.commands.worker`` process (:func:`measure_row` there),
+    with ``cases`` ({name: module}) registered as harness cases first; its result, or ``{..., "error": why}``."""
     env = dict(os.environ)
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", worker_module, "--worker", json.dumps(cfg)]
+    cmd = [sys.executable, "-m", "pointdr2.commands.worker"]
+    for name, module in (cases or {}).items():
+        cmd += ["--case", f"{name}={module}"]
+    cmd += ["--worker", json.dumps(cfg)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -380,7 +384,7 @@ def measure(args: Options, progress: bool = True) -> list[dict[str, Any]]:
     rows = row_configs(args)
     results = []
     for cfg in progress_bar(rows, desc="bench memory", unit="config", enabled=progress):
-        res = _run_one(cfg, args.timeout)
+        res = run_row(cfg, args.timeout)
         if "error" in res:
             log.warning("%s depth %s failed: %s", cfg["label"], _depth(cfg), res["error"])
         results.append(res)
@@ -397,15 +401,3 @@ def format_report(results: list[dict[str, Any]], args: Options) -> str:
              f"device={device} (peak = {peak_kind} above the post-warm-up baseline)", format_table(results)]
     lines += [f"peak of {r['label']} (depth {_depth(r)}): {r['peak_at']}" for r in results if r.get("peak_at")]
     return "\n".join(lines)
-
-
-def _worker_main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "--worker":
-        print("usage: python -m pointdr2.bench.memory --worker JSON", file=sys.stderr)
-        return 2
-    print(json.dumps(_worker(json.loads(argv[1]))))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))

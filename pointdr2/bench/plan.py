@@ -13,8 +13,10 @@ weights, gradients and optimizer state (``peak`` = saved + transient). Targets: 
 within 20 %.
 
 Cases (full run): Point-MAE (``modelnet40/pointmae.yaml``, 1,024 points, batch 8/16/32 predicted from
-batches 2 and 4) and PointNeXt-L (``s3dis/pointnext-l.yaml``, S3DIS-like crops of 8k/16k/24k points at batch
-2, predicted from crops of 4,000 and 2,000 points). ``--quick``: tiny versions of both (seconds).
+batches 2 and 4), PointNeXt-L (``s3dis/pointnext-l.yaml``, S3DIS-like crops of 8k/16k/24k points at batch
+2, predicted from crops of 4,000 and 2,000 points) and Point-MAE part segmentation
+(``shapenetpart/pointmae.yaml``, 2,048 points, batch 4/8/16 predicted from batches 2 and 4). ``--quick``:
+tiny versions of the three (seconds).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pointdr2.bench.memory import _run_one
+from pointdr2.bench.memory import run_row
 from pointdr2.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ CASES = [
      "points": [1024], "probe_points": None},
     {"name": "pointnext-l", "config": "s3dis/pointnext-l.yaml", "overrides": [], "batches": [2],
      "points": [8000, 16000, 24000], "probe_points": 4000},
+    {"name": "pointmae-partseg", "config": "shapenetpart/pointmae.yaml", "overrides": [], "batches": [4, 8, 16],
+     "points": [2048], "probe_points": None},
 ]
 QUICK_CASES = [
     {"name": "pointmae-tiny", "config": "modelnet40/pointmae.yaml",
@@ -48,6 +52,11 @@ QUICK_CASES = [
     {"name": "pointnext-tiny", "config": "s3dis/pointnext-l.yaml",
      "overrides": ["model.width=8", "model.blocks=[1,2,2,1,1]"], "batches": [2], "points": [2048],
      "probe_points": 1024},
+    {"name": "partseg-tiny", "config": "shapenetpart/pointmae.yaml",
+     "overrides": ["model.trans_dim=32", "model.depth=4", "model.num_heads=2", "model.encoder_dims=32",
+                   "model.num_group=16", "model.group_size=8", "model.feature_blocks=[1, 2, 4]",
+                   "model.propagation_mlp=[32, 32]", "model.seg_hidden=[32, 16]"], "batches": [8], "points": [256],
+     "probe_points": None},
 ]
 
 
@@ -164,7 +173,7 @@ def measure(args: Options, progress: bool = True) -> list[dict[str, Any]]:
     for case in cases_of(args):
         rows += rows_for(case, args)
     for r in progress_bar(rows, desc="bench plan", unit="config", enabled=progress):
-        res = _run_one(r["worker"], args.timeout)
+        res = run_row(r["worker"], args.timeout)
         if "error" in res:
             r["error"] = res["error"]
             log.warning("%s %s batch %d: %s", r["case"], r["label"], r["batch"], res["error"])

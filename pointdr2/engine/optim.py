@@ -1,7 +1,8 @@
-"""Optimizer parameter groups and the per-step cosine learning-rate schedule with warm-up."""
+"""Optimizer parameter groups and the per-step learning-rate schedules (cosine or multistep, with warm-up)."""
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import Iterable
@@ -9,7 +10,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["param_groups", "build_optimizer", "CosineWarmup"]
+__all__ = ["param_groups", "build_optimizer", "CosineWarmup", "MultiStepWarmup", "build_lr_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -61,35 +62,19 @@ def build_optimizer(model: nn.Module, cfg_train, extra: Iterable[tuple[str, torc
     raise ValueError(f"train.optimizer must be 'adamw' or 'sgd', got {cfg_train.optimizer!r}")
 
 
-class CosineWarmup:
-    """Per-step learning rate: linear warm-up to ``base_lr`` then cosine decay to ``min_lr``.
+class _StepSchedule:
+    """A per-step learning rate ``lr_at(step)``: ``step()`` after every optimizer step; its state is the step
+    counter (and its parameters, to warn when a resumed run changed them). Param groups keep their ratio to
+    the base lr (``lr_scale``, default 1)."""
 
-    ``lr(s) = base_lr * (s + 1) / warmup_steps`` for ``s < warmup_steps``, then
-    ``min_lr + (base_lr - min_lr) * (1 + cos(pi * (s - warmup_steps) / (total_steps - warmup_steps))) / 2``.
-    ``step()`` is called after every optimizer step; its state is just the step counter.
-    Param groups keep their ratio to the optimizer's base lr (``lr_scale``, default 1).
-    """
+    KEYS: tuple[str, ...] = ()
 
-    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total_steps: int,
-                 warmup_steps: int = 0, min_lr: float = 0.0) -> None:
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        if not 0 <= warmup_steps <= total_steps:
-            raise ValueError(f"warmup_steps must lie in [0, total_steps={total_steps}], got {warmup_steps}")
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
-        self.base_lr = float(base_lr)
-        self.min_lr = float(min_lr)
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
         self.last_step = 0
-        self._apply()
 
-    def lr_at(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.base_lr * (step + 1) / self.warmup_steps
-        span = max(self.total_steps - self.warmup_steps, 1)
-        progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
-        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    def lr_at(self, step: int) -> float:  # pragma: no cover - every schedule defines it
+        raise NotImplementedError
 
     def _apply(self) -> None:
         lr = self.lr_at(self.last_step)
@@ -104,13 +89,92 @@ class CosineWarmup:
         return self.lr_at(self.last_step)
 
     def state_dict(self) -> dict:
-        return {"last_step": self.last_step, "base_lr": self.base_lr, "min_lr": self.min_lr,
-                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+        return {"last_step": self.last_step, **{k: getattr(self, k) for k in self.KEYS}}
 
     def load_state_dict(self, state: dict) -> None:
         self.last_step = int(state["last_step"])
-        for key in ("base_lr", "min_lr", "total_steps", "warmup_steps"):
+        for key in self.KEYS:
             if key in state and state[key] != getattr(self, key):
                 log.warning("lr schedule %s changed since the checkpoint: %s -> %s (continuing with the new value)",
                             key, state[key], getattr(self, key))
         self._apply()
+
+
+class CosineWarmup(_StepSchedule):
+    """Per-step learning rate: linear warm-up to ``base_lr`` then cosine decay to ``min_lr``.
+
+    ``lr(s) = base_lr * (s + 1) / warmup_steps`` for ``s < warmup_steps``, then
+    ``min_lr + (base_lr - min_lr) * (1 + cos(pi * (s - warmup_steps) / (total_steps - warmup_steps))) / 2``,
+    and ``min_lr`` from ``total_steps`` on (a cosine shorter than training, as Point-MAE's part segmentation).
+    """
+
+    KEYS = ("base_lr", "min_lr", "total_steps", "warmup_steps")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total_steps: int,
+                 warmup_steps: int = 0, min_lr: float = 0.0) -> None:
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if not 0 <= warmup_steps <= total_steps:
+            raise ValueError(f"warmup_steps must lie in [0, total_steps={total_steps}], got {warmup_steps}")
+        super().__init__(optimizer)
+        self.base_lr = float(base_lr)
+        self.min_lr = float(min_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self._apply()
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        span = max(self.total_steps - self.warmup_steps, 1)
+        progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
+        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class MultiStepWarmup(_StepSchedule):
+    """Per-step learning rate: linear warm-up to ``base_lr`` (as :class:`CosineWarmup`), then
+    ``base_lr * rate ** (number of milestones <= s)`` (openpoints' multistep: milestones at epoch starts)."""
+
+    KEYS = ("base_lr", "milestones", "rate", "warmup_steps")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, milestones: Iterable[int], rate: float,
+                 warmup_steps: int = 0) -> None:
+        super().__init__(optimizer)
+        self.base_lr = float(base_lr)
+        self.milestones = sorted(int(m) for m in milestones)
+        self.rate = float(rate)
+        self.warmup_steps = int(warmup_steps)
+        self._apply()
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        return self.base_lr * self.rate ** bisect.bisect_right(self.milestones, step)
+
+
+def build_lr_schedule(optimizer: torch.optim.Optimizer, train, steps_per_epoch: int) -> _StepSchedule:
+    """The schedule ``train`` (the config's section) asks for, over ``train.epochs`` x ``steps_per_epoch``."""
+    total = int(steps_per_epoch) * int(train.epochs)
+    warm = min(int(round(float(train.warmup_epochs) * steps_per_epoch)), total)
+    kind = str(train.get("scheduler", "cosine"))
+    if kind == "cosine":
+        span = train.get("cosine_epochs")
+        if span is None:
+            return CosineWarmup(optimizer, float(train.lr), total, warm, float(train.min_lr))
+        if isinstance(span, bool) or not isinstance(span, (int, float)) or not span > 0:
+            raise ValueError(f"train.cosine_epochs must be null or a positive number of epochs, got {span!r}")
+        if float(span) < float(train.warmup_epochs):
+            raise ValueError(f"train.cosine_epochs ({span}) must not end before the warm-up "
+                             f"(train.warmup_epochs={train.warmup_epochs})")
+        steps = max(int(round(float(span) * steps_per_epoch)), 1)
+        return CosineWarmup(optimizer, float(train.lr), steps, min(warm, steps), float(train.min_lr))
+    if kind == "multistep":
+        epochs = train.get("decay_epochs")
+        if not isinstance(epochs, (list, tuple)) or not epochs or not all(
+                isinstance(e, (int, float)) and not isinstance(e, bool) and e > 0 for e in epochs) \
+                or list(epochs) != sorted(epochs):
+            raise ValueError(f"train.decay_epochs must be an increasing list of positive epochs with "
+                             f"train.scheduler=multistep (e.g. [210, 270]), got {epochs!r}")
+        milestones = [int(round(float(e) * steps_per_epoch)) for e in epochs]
+        return MultiStepWarmup(optimizer, float(train.lr), milestones, float(train.decay_rate), warm)
+    raise ValueError(f"train.scheduler must be cosine or multistep, got {kind!r}")

@@ -45,13 +45,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pointdr2 import ops
+from pointdr2.data.classes import SHAPENETPART_PARTS
 from pointdr2.data.synthetic import indoor_crop
 from pointdr2.engine.checkpoint import capture_rng, restore_rng
 from pointdr2.engine.evaluator import amp_context, forward_batch
+from pointdr2.engine.losses import build_loss
 from pointdr2.engine.memory import (
     PeakByOperation,
     PeakRSS,
@@ -74,7 +75,7 @@ MODES = ("conventional", "checkpoint", "dr2net")
 # finetune.mode: auto takes the first of these that fits (fastest first: no recomputation, then Dr2Net's
 # near-constant memory, then checkpointing)
 PREFERENCE = ("conventional", "dr2net", "checkpoint")
-DATASET_CLASSES = {"scanobjectnn": 15, "modelnet40": 40, "s3dis": 13}
+DATASET_CLASSES = {"scanobjectnn": 15, "modelnet40": 40, "s3dis": 13, "shapenetpart": 50}
 
 
 class MemoryBudgetError(ValueError):
@@ -337,7 +338,11 @@ def choose_fit(plan: MemoryPlan, budget: float, *, mode: str, batch_size: int | 
 
 # ----------------------------------------------------------------------------- inputs
 def task_of_config(cfg: Mapping) -> str:
+    """``classification``, ``segmentation`` (S3DIS-like scenes) or ``partseg`` (ShapeNetPart-like shapes)."""
     model = cfg.get("model") or {}
+    if str(model.get("task", "")).lower() == "partseg" or str(model.get("name", "")).lower().endswith("-partseg") \
+            or str((cfg.get("dataset") or {}).get("name", "")).lower() == "shapenetpart":
+        return "partseg"
     if str(model.get("task", "")).lower() in ("seg", "segmentation"):
         return "segmentation"
     if str((cfg.get("dataset") or {}).get("name", "")).lower() == "s3dis":
@@ -360,10 +365,21 @@ def plan_points(cfg: Mapping) -> int:
 
 def synthetic_sample(cfg: Mapping, task: str, points: int, index: int) -> dict:
     """One training sample in the dataset's format, without data on disk: ``points [N, in_channels]`` and a
-    label (classification), or an indoor-like crop ``pos [N, 3]``, ``feats [C, N]``, ``label [N]``."""
+    label (classification), an indoor-like crop ``pos [N, 3]``, ``feats [C, N]``, ``label [N]``
+    (segmentation), or a shape ``points [N, 3 (+3 normals)]`` with its ``category`` and a part ``label [N]``
+    of that category (part segmentation, ShapeNetPart's 16 categories)."""
     model = cfg.get("model") or {}
     num_classes = int(model.get("num_classes") or 2)
     g = torch.Generator().manual_seed(1000 + index)
+    if task == "partseg":
+        category = index % len(SHAPENETPART_PARTS)
+        parts = torch.tensor(SHAPENETPART_PARTS[category])
+        channels = 6 if (cfg.get("dataset") or {}).get("use_normals") else 3
+        xyz = torch.rand(points, 3, generator=g) * 2 - 1
+        extra = torch.nn.functional.normalize(torch.randn(points, channels - 3, generator=g), dim=1) \
+            if channels > 3 else xyz[:, :0]
+        return {"points": torch.cat([xyz, extra], 1), "category": torch.tensor(category),
+                "label": parts[torch.randint(0, len(parts), (points,), generator=g)]}
     channels = int(model.get("in_channels") or (4 if task == "segmentation" else 3))
     if task == "segmentation":
         pos, feats = indoor_crop(1, points, g)
@@ -449,7 +465,7 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
     optimizer = build_optimizer(model, cfg.train, extra=extra)
     params = list(model.parameters()) + [p for _, p in extra]
     amp = str(cfg.train.get("amp", "none")).lower()
-    smoothing = float(cfg.train.get("label_smoothing", 0.0))
+    loss_fn = build_loss(cfg.train)
     states = _StackStates(net)
     out: dict[str, Any] = {"probes": [], "depths": [len(s.blocks) for s in states.stacks]}
     def probe(b: int, n: int) -> dict:
@@ -459,7 +475,7 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
         def forward(batch=batch, target=target):
             with amp_context(device, amp):
                 logits = forward_batch(net, batch, task, device)
-                return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+                return loss_fn(logits, target)
 
         optimizer.zero_grad(set_to_none=False)
         forward().backward()  # warm-up: gradients and optimizer state exist, as in the steps that follow

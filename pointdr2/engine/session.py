@@ -40,9 +40,10 @@ from pointdr2.engine import distributed as dist_utils
 from pointdr2.engine import plan as memory_plan  # by module: tests stand in for measure_plan
 from pointdr2.engine.checkpoint import is_own_checkpoint, seed_everything
 from pointdr2.engine.evaluator import amp_context, task_of
+from pointdr2.engine.losses import build_loss
 from pointdr2.engine.memory import cache_freed_blocks, return_freed_blocks
 from pointdr2.engine.network import FINETUNE_MODES, build_network, coefficient_schedule, resolve_device
-from pointdr2.engine.optim import CosineWarmup, build_optimizer
+from pointdr2.engine.optim import build_lr_schedule, build_optimizer
 from pointdr2.engine.run_lock import LOCK_NAME, RunLock, remove_stale_temp_files
 from pointdr2.engine.run_state import check_resumed_config, load_resume_checkpoint
 from pointdr2.engine.weights import resolve_weights
@@ -271,9 +272,8 @@ class Session:
         self.steps_per_epoch = len(self.train_set) // t.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(f"train split has {len(self.train_set)} samples, fewer than train.batch_size={t.batch_size}")
-        total = self.steps_per_epoch * t.epochs
-        warm = min(int(round(float(t.warmup_epochs) * self.steps_per_epoch)), total)
-        self.lr_schedule = CosineWarmup(self.optimizer, float(t.lr), total, warm, float(t.min_lr))
+        self.lr_schedule = build_lr_schedule(self.optimizer, t, self.steps_per_epoch)
+        self.loss_fn = build_loss(t)
         amp = str(t.amp).lower()
         amp_context(self.device, amp)  # validates train.amp
         self.amp = amp
@@ -339,7 +339,7 @@ class Session:
         as a dict; ``{"error": ...}`` when nothing fits."""
         cfg, t = self.cfg, self.cfg.train
         sample = self.train_set[0]
-        points = int((sample["points"] if self.task == "classification" else sample["pos"]).shape[0])
+        points = int((sample["points"] if "points" in sample else sample["pos"]).shape[0])
         freed = self.device.type == "cpu" and return_freed_blocks()
         try:
             mode = str(cfg.finetune.mode)

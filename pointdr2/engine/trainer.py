@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from pointdr2.config import Config, dump_config
 from pointdr2.engine import distributed as dist_utils
@@ -220,7 +219,7 @@ class _Trainer:
             with meter, amp_context(s.device, s.amp):
                 logits = forward_batch(s.train_net, batch, s.task, s.device)
                 target = batch["label"].to(s.device, non_blocking=True)
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=float(s.cfg.train.label_smoothing))
+                loss = s.loss_fn(logits, target)
             scaled = loss / accum
             if s.scaler is not None:
                 scaled = s.scaler.scale(scaled)

@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pointdr2 import ops
+from pointdr2.data.classes import SHAPENETPART_PARTS
 from pointdr2.hints import did_you_mean
 from pointdr2.models.registry import register_model
 from pointdr2.nn.chunked_grouping import chunk_points_for
@@ -88,7 +89,8 @@ DEFAULT_CFG: dict[str, Any] = {
     "head_mlps": None,          # hidden widths of the head (seg: its input width; cls: [512, 256])
     "head_globals": None,       # seg/partseg: pooled features appended per point ([max, avg]: openpoints' globals)
     "dropout": 0.5,
-    "cls_map": "curvenet",      # partseg: how the category enters the decoder (curvenet | pointnet2)
+    "cls_map": "curvenet",      # partseg: how the category enters the decoder (curvenet | pointnet2 | pointnext
+                                # | pointnext1; the last two read the category's part indicator, ShapeNetPart's)
     "num_categories": 16,       # partseg: shape categories (one-hot)
     "height_dim": None,         # cls: append points[..., height_dim] - min as a feature if missing
     "fps_skip_origin": False,   # FPS with pointnet2_ops' origin skip; openpoints' FPS has none
@@ -352,16 +354,23 @@ class PointNeXtPartDecoder(nn.Module):
     - ``curvenet`` (PointNeXt's ShapeNetPart configs): ``cat[max_N global_conv1(f_{-2}) (64), max_N
       global_conv2(f_{-1}) (128), one-hot (num_categories)]``, ``global_conv*`` = Conv1d (bias) ReLU on the
       encoder's two coarsest stages;
-    - ``pointnet2``: ``convc(one-hot)`` (Conv1d num_categories -> 64 with bias, ReLU).
+    - ``pointnet2``: ``convc(one-hot)`` (Conv1d num_categories -> 64 with bias, ReLU);
+    - ``pointnext``: as curvenet with the category's part indicator (``num_classes`` wide, 1 on the parts
+      the category owns: openpoints' ``cls2partembed`` row) in place of the one-hot;
+    - ``pointnext1``: ``convc(part indicator)`` (Conv1d num_classes -> 64 with bias, ReLU).
+
+    The part indicator is a buffer outside the state dict (openpoints keeps it as a plain attribute), built
+    from ``category_parts`` (the parts of each category; ShapeNetPart's when the label set is 16 / 50).
 
     ``forward(ps, fs, one_hot[B, num_categories, 1]) -> [B, C_1, N_1]`` with ``ps``/``fs`` from
     ``PointNeXtEncoder`` (input first; at least 3 stages); ``N_1`` is the stem's point count (the input's).
     """
 
-    CLS_MAPS = ("curvenet", "pointnet2")
+    CLS_MAPS = ("curvenet", "pointnet2", "pointnext", "pointnext1")
 
     def __init__(self, encoder_channels: Sequence[int], *, decoder_layers: int = 2, cls_map: str = "curvenet",
-                 num_categories: int = 16) -> None:
+                 num_categories: int = 16, num_classes: int = 50,
+                 category_parts: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
         enc = list(encoder_channels)
         if len(enc) < 3:
@@ -372,24 +381,42 @@ class PointNeXtPartDecoder(nn.Module):
         self.num_categories = int(num_categories)
         skips = enc[:-1]
         fp_channels = enc[:-1]
-        if cls_map == "curvenet":
+        # what the category becomes before the convolutions: its one-hot, or its part indicator
+        code = self.num_categories
+        if cls_map in ("pointnext", "pointnext1"):
+            if category_parts is None:
+                if (self.num_categories, int(num_classes)) != (len(SHAPENETPART_PARTS), 50):
+                    raise ValueError(f"model.cls_map={cls_map} needs the parts of each category: known for "
+                                     f"ShapeNetPart (16 categories, 50 parts), got {self.num_categories} "
+                                     f"categories and {num_classes} parts")
+                category_parts = SHAPENETPART_PARTS
+            indicator = torch.zeros(self.num_categories, int(num_classes))
+            for c, parts in enumerate(category_parts):
+                indicator[c, list(parts)] = 1.0
+            self.register_buffer("part_indicator", indicator, persistent=False)
+            code = int(num_classes)
+        if cls_map in ("curvenet", "pointnext"):
             self.global_conv2 = nn.Sequential(conv_block(enc[-1], 128, dim=1, norm=False))
             self.global_conv1 = nn.Sequential(conv_block(enc[-2], 64, dim=1, norm=False))
-            skips[0] += 64 + 128 + self.num_categories
+            skips[0] += 64 + 128 + code
         else:
-            self.convc = nn.Sequential(conv_block(self.num_categories, 64, dim=1, norm=False))
+            self.convc = nn.Sequential(conv_block(code, 64, dim=1, norm=False))
             skips[0] += 64
         self.decoder = propagation_stages(enc[-1], skips, fp_channels, decoder_layers)
         self.out_channels = fp_channels[0]
 
     def category_embedding(self, fs: Sequence[torch.Tensor], one_hot: torch.Tensor) -> torch.Tensor:
         """``[B, E, 1]``: what every point of the finest stage gets (``E`` = 208 for curvenet with 16
-        categories, 64 for pointnet2); read from the encoder's features."""
-        if self.cls_map == "pointnet2":
-            return self.convc(one_hot)
+        categories, 242 for pointnext with 50 parts, 64 for pointnet2 / pointnext1); read from the encoder's
+        features."""
+        code = one_hot
+        if self.cls_map in ("pointnext", "pointnext1"):  # one-hot [B, C, 1] -> its category's parts [B, K, 1]
+            code = torch.einsum("bcn,ck->bkn", one_hot, self.part_indicator.to(one_hot.dtype))
+        if self.cls_map in ("pointnet2", "pointnext1"):
+            return self.convc(code)
         emb1 = self.global_conv1(fs[-2]).max(dim=-1, keepdim=True).values
         emb2 = self.global_conv2(fs[-1]).max(dim=-1, keepdim=True).values
-        return torch.cat([emb1, emb2, one_hot], dim=1)
+        return torch.cat([emb1, emb2, code], dim=1)
 
     def forward(self, ps: Sequence[torch.Tensor], fs: Sequence[torch.Tensor], one_hot: torch.Tensor) -> torch.Tensor:
         emb = self.category_embedding(fs, one_hot)
@@ -421,7 +448,8 @@ class PointNeXtPartSeg(nn.Module):
         self.height_dim = cfg["height_dim"]
         self.encoder = _build_encoder(cfg)
         self.decoder = PointNeXtPartDecoder(self.encoder.channel_list, decoder_layers=cfg["decoder_layers"],
-                                            cls_map=cfg["cls_map"], num_categories=self.num_categories)
+                                            cls_map=cfg["cls_map"], num_categories=self.num_categories,
+                                            num_classes=self.num_classes)
         self.head = SegHead(self.decoder.out_channels, self.num_classes, mlps=cfg["head_mlps"],
                             dropout=cfg["dropout"], pooled=cfg["head_globals"] or ())
 

@@ -65,7 +65,7 @@ def harness_rows(spec: RunSpec, encoder: Path, cache: Path, steps: int, in_proce
         memory.CASE_MODULES.setdefault("study", "pointdr2.bench.cases_study")
 
         def run_row(row):
-            return memory._worker(row)
+            return memory.measure_row(row)
     else:
         def run_row(row):
             return cases_study.run_row(row, timeout=1800)

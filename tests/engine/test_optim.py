@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pointdr2.config import load_config
-from pointdr2.engine.optim import CosineWarmup, build_optimizer, param_groups
+from pointdr2.engine.optim import CosineWarmup, build_lr_schedule, build_optimizer, param_groups
 
 
 class Tiny(nn.Module):
@@ -64,3 +64,44 @@ def test_cosine_warmup_values_and_resume():
     assert opt2.param_groups[0]["lr"] == pytest.approx(expected[5])
     with pytest.raises(ValueError, match="warmup_steps"):
         CosineWarmup(opt, 1.0, total_steps=3, warmup_steps=4)
+
+
+def _lrs(train, steps_per_epoch, n):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_lr_schedule(opt, train, steps_per_epoch)
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        sched.step()
+    return out, sched
+
+
+def test_cosine_shorter_than_training_stays_at_min_lr():
+    # Point-MAE's part segmentation: the cosine reaches its minimum at epoch 100 of 300 (here 4 of 8 epochs)
+    train = load_config(None, ["train.epochs=8", "train.lr=1.0", "train.min_lr=0.1", "train.warmup_epochs=1",
+                               "train.cosine_epochs=4"]).train
+    lrs, _ = _lrs(train, 2, 16)
+    expected = [0.5, 1.0] + [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)] + [0.1] * 8
+    assert lrs == pytest.approx(expected)
+    with pytest.raises(ValueError, match="train.cosine_epochs"):
+        build_lr_schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0),
+                          load_config(None, ["train.cosine_epochs=0.5", "train.warmup_epochs=1"]).train, 2)
+
+
+def test_multistep_decays_at_epoch_starts_and_resumes():
+    # openpoints' multistep (PointNeXt ShapeNetPart: x0.1 at epochs 210 and 270), here at epochs 2 and 3 of 4
+    train = load_config(None, ["train.epochs=4", "train.lr=2.0", "train.warmup_epochs=0",
+                               "train.scheduler=multistep", "train.decay_epochs=[2, 3]", "train.decay_rate=0.1"]).train
+    lrs, sched = _lrs(train, 3, 12)
+    assert lrs == pytest.approx([2.0] * 6 + [0.2] * 3 + [0.02] * 3)
+    state = sched.state_dict()
+    assert state == {"last_step": 12, "base_lr": 2.0, "milestones": [6, 9], "rate": 0.1, "warmup_steps": 0}
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    again = build_lr_schedule(opt, train, 3)
+    again.load_state_dict({**state, "last_step": 7})
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2)
+    for bad in (["train.scheduler=multistep"], ["train.scheduler=multistep", "train.decay_epochs=[270, 210]"]):
+        with pytest.raises(ValueError, match="train.decay_epochs must be an increasing list"):
+            build_lr_schedule(opt, load_config(None, bad).train, 3)
+    with pytest.raises(ValueError, match="train.scheduler: expected one of cosine, multistep"):
+        load_config(None, ["train.scheduler=step"])

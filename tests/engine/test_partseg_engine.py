@@ -145,6 +145,14 @@ def test_pointbert_config_trains_conventionally(setup, tmp_path):
     assert {"ins_miou", "cls_miou", "oa"} <= set(test)
 
 
+def test_memory_budget_fits_a_part_segmentation_run(setup, tmp_path):
+    base, _, _ = setup
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(CONFIG.format(base=CONFIGS / "pointmae.yaml", root=base / "data", run=tmp_path / "run", enc=32))
+    assert main(["train", str(cfg), "finetune.mode=auto", "train.memory_budget=1GiB"]) == 0
+    assert "finetune.mode conventional, batch 8 = 8 x 1 accumulation" in (tmp_path / "run" / "train.log").read_text()
+
+
 def test_eval_reads_an_official_part_seg_checkpoint(setup, tmp_path, capsys):
     """A checkpoint in the layout of Point-MAE's segmentation/main.py ({"model_state_dict", "epoch", metrics as
     NumPy scalars}) is evaluated as published: conventional model, every key loaded."""

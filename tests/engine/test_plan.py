@@ -290,3 +290,65 @@ def test_transient_ceiling_of_chunked_layers_from_two_small_budgets():
     row = ModeRow("checkpoint", None, None, None, None, 0, Affine(0.0, 10.0, 0.0, 100), Affine(1e6, 1e6, 0.0, 100),
                   transient_cap=5e6)
     assert row.transient_bytes(2, 100) == 3e6 and row.transient_bytes(8, 100) == 5e6  # linear, then the ceiling
+
+
+def test_part_segmentation_plan_matches_an_independent_count():
+    # shapenetpart/pointmae.yaml shrunk: the plan feeds shapes with a category and parts of that category
+    cfg = load_config("configs/shapenetpart/pointmae.yaml",
+                      ["model.trans_dim=32", "model.depth=4", "model.num_heads=2", "model.encoder_dims=32",
+                       "model.num_group=16", "model.group_size=8", "model.feature_blocks=[1, 2, 4]",
+                       "model.propagation_mlp=[32, 32]", "model.seg_hidden=[32, 16]", "dataset.num_points=128",
+                       "model.drop_path_rate=0.0"])
+    plan = measure_plan(cfg)
+    assert plan.task == "partseg"
+    sample = synthetic_sample(cfg, "partseg", 128, 5)
+    parts = range(16, 19)  # category 5 (earphone) owns parts 16..18
+    assert int(sample["category"]) == 5 and set(sample["label"].tolist()) <= set(parts)
+    batch = torch.utils.data.default_collate([synthetic_sample(cfg, "partseg", 128, i) for i in range(6)])
+    for mode in ("conventional", "dr2net"):
+        torch.manual_seed(0)
+        a, b = (1.0, 0.0) if mode == "conventional" else coefficient_schedule(cfg.finetune)(0.0)
+        net = build_network(build_model(cfg.model), {**cfg.finetune, "mode": mode}, a, b, train=True).train()
+        params = {p.untyped_storage().data_ptr() for p in list(net.parameters()) + list(net.buffers())}
+        storages = {}
+
+        def pack(t, storages=storages, params=params):
+            s = t.untyped_storage()
+            if s.data_ptr() not in params:
+                storages[s.data_ptr()] = s.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # the loss's log-softmax counts too
+            logits = forward_batch(net, batch, "partseg", torch.device("cpu"))
+            loss = F.cross_entropy(logits, batch["label"])
+        assert logits.shape == (6, 50, 128)
+        loss.backward()
+        row = plan.row(mode, "worst" if mode == "dr2net" else None)
+        assert row.saved_bytes(6, 128) == pytest.approx(sum(storages.values()), rel=0.02), mode
+
+
+@pytest.mark.parametrize("budget,fits", [("1GiB", True), ("1MiB", False)])
+def test_memory_fit_under_two_gloo_processes(tmp_path, budget, fits):
+    # rank 0 measures the plan and every rank trains with its choice; when nothing fits, every rank stops
+    # with the same one-line error (none waits for a peer) and nothing is written
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parents[1]), str(here)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(here / "ddp_plan_worker.py"), str(tmp_path), budget]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    if fits:
+        assert all("error" not in r for r in reports), reports
+        assert reports[0]["fit"] == reports[1]["fit"] and reports[0]["fit"]["mode"] == "conventional"
+        assert [(r["world"], r["micro"], r["mode"], r["steps"]) for r in reports] == [(2, 4, "conventional", 3)] * 2
+        assert "x 2 processes" in (tmp_path / "run" / "train.log").read_text()
+    else:
+        assert [r["error"].split(":")[0] for r in reports] == ["MemoryBudgetError"] * 2
+        assert reports[0]["error"] == reports[1]["error"] and "smallest budget that would work" in reports[0]["error"]
+        assert not (tmp_path / "run").exists()

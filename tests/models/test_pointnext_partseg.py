@@ -46,14 +46,16 @@ def official_partseg_layout(width, blocks, in_channels=7, num_classes=50, sa_lay
             out.update(_bn(f"{b}.pwconv.0.1", c * expansion))
             out[f"{b}.pwconv.1.0.weight"] = (c, c * expansion, 1)
             out.update(_bn(f"{b}.pwconv.1.1", c))
-    if cls_map == "curvenet":  # global_conv2 on the last stage (2 x fp_channels[-1]), global_conv1 on the one before
+    # the category enters as its one-hot (curvenet, pointnet2) or its part indicator, 50 wide (pointnext, pointnext1)
+    code = categories if cls_map in ("curvenet", "pointnet2") else num_classes
+    if cls_map in ("curvenet", "pointnext"):  # global_conv2 on the last stage (2 x fp_channels[-1]), conv1 before
         out["decoder.global_conv2.0.0.weight"] = (128, chans[-1], 1)
         out["decoder.global_conv2.0.0.bias"] = (128,)
         out["decoder.global_conv1.0.0.weight"] = (64, chans[-2], 1)
         out["decoder.global_conv1.0.0.bias"] = (64,)
-        extra = 64 + 128 + categories
+        extra = 64 + 128 + code
     else:
-        out["decoder.convc.0.0.weight"] = (64, categories, 1)
+        out["decoder.convc.0.0.weight"] = (64, code, 1)
         out["decoder.convc.0.0.bias"] = (64,)
         extra = 64
     for k in range(len(blocks) - 1):
@@ -121,13 +123,17 @@ def np_partseg(ref, points, category, blocks, radius, k, cls_map="curvenet", cat
     p = points[:, :3]
     f = np.concatenate([p.T, points[:, 3:6].T, (p[:, 1] - p[:, 1].min())[None]], 0)  # pos, x, heights
     ps, fs = ref.encoder(p, f, blocks, [1, 2, 2, 2, 2], radius, k, layers=3, use_res=True, scaling=2.5)
-    one_hot = np.eye(categories)[category]
-    if cls_map == "curvenet":
+    code = np.eye(categories)[category]
+    if cls_map in ("pointnext", "pointnext1"):  # cls2partembed[category]: 1 on the category's parts, written out
+        first = [0, 4, 6, 8, 12, 16, 19, 22, 24, 28, 30, 36, 38, 41, 44, 47, 50][category:category + 2]
+        code = np.zeros(50)
+        code[first[0]:first[1]] = 1.0
+    if cls_map in ("curvenet", "pointnext"):
         emb1 = np.maximum(ref.conv(fs[-2], "decoder.global_conv1.0.0", bias=True), 0).max(-1)
         emb2 = np.maximum(ref.conv(fs[-1], "decoder.global_conv2.0.0", bias=True), 0).max(-1)
-        emb = np.concatenate([emb1, emb2, one_hot])
+        emb = np.concatenate([emb1, emb2, code])
     else:
-        emb = np.maximum(ref.conv(one_hot[:, None], "decoder.convc.0.0", bias=True), 0)[:, 0]
+        emb = np.maximum(ref.conv(code[:, None], "decoder.convc.0.0", bias=True), 0)[:, 0]
     up = fs[5]
     for s in range(3, -1, -1):
         key = f"decoder.decoder.{s}.0.convs"
@@ -151,7 +157,7 @@ def _shapes(b=2, n=256, seed=3, dtype=torch.float64):
     return torch.cat([xyz, normals], -1).to(dtype)
 
 
-@pytest.mark.parametrize("cls_map", ["curvenet", "pointnet2"])
+@pytest.mark.parametrize("cls_map", ["curvenet", "pointnet2", "pointnext", "pointnext1"])
 def test_forward_matches_numpy_reference_of_openpoints(cls_map):
     blocks = [1, 2, 1, 1, 1]  # one InvResMLP (stage 1, radius 0.25) covers the block path too
     sd = random_state(official_partseg_layout(8, blocks, cls_map=cls_map), seed=2)
@@ -185,7 +191,9 @@ def test_category_changes_the_logits_and_bad_inputs_raise():
     with pytest.raises(ValueError, match="category must be int64 labels"):
         model(points, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="model.cls_map"):
-        build_model({**_tiny(), "cls_map": "pointnext"})
+        build_model({**_tiny(), "cls_map": "pointnext2"})
+    with pytest.raises(ValueError, match="model.cls_map=pointnext needs the parts of each category"):
+        build_model({**_tiny(), "cls_map": "pointnext", "num_classes": 40})
     with pytest.raises(ValueError, match="model.strides for part segmentation"):
         build_model({**_tiny(), "blocks": [1, 1], "strides": [1, 2]})
     with pytest.raises(ValueError, match="model.head_globals"):
@@ -285,5 +293,5 @@ def test_memory_bench_case_rows_are_the_same_network_and_recomputation_saves_byt
     torch.testing.assert_close(logits["dr2net"], logits["conventional"])
     base = {"model": "pointnext-s-partseg", "batch": 2, "points": 256, "steps": 1, "device": "cpu", "threads": 1,
             "alpha": 0.0, "beta": 1.0, "measure": ["saved"], "depth": None}
-    saved = {m: memory._worker({**base, "mode": m, "label": m})["saved_bytes"] for m in ("conventional", "checkpoint")}
+    saved = {m: memory.measure_row({**base, "mode": m, "label": m})["saved_bytes"] for m in ("conventional", "checkpoint")}
     assert saved["checkpoint"] < 0.2 * saved["conventional"]  # 0.12 measured (also at 2,048 points)

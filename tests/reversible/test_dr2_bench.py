@@ -70,7 +70,7 @@ def test_memory_configs_and_bad_modes():
 def test_memory_worker_measures_less_saved_memory_for_dr2net():
     base = {"model": "stack", "batch": 2, "points": 5, "steps": 1, "device": "cpu", "threads": 1, "depth": 2,
             "alpha": 0.0, "beta": 1.0}
-    res = {m: memory._worker({**base, "mode": m, "label": m}) for m in ("conventional", "checkpoint", "dr2net")}
+    res = {m: memory.measure_row({**base, "mode": m, "label": m}) for m in ("conventional", "checkpoint", "dr2net")}
     state = 2 * 5 * 384 * 4
     assert res["dr2net"]["saved_bytes"] < res["checkpoint"]["saved_bytes"] < res["conventional"]["saved_bytes"]
     # checkpoint keeps the 4 sub-block inputs x_0..x_3 (and the head keeps x_4); dr2net the final pair
@@ -85,8 +85,8 @@ def test_memory_worker_measures_less_saved_memory_for_dr2net():
 def test_memory_worker_saved_only_measures_the_same_bytes_without_stepping():
     base = {"model": "stack", "batch": 2, "points": 5, "steps": 1, "device": "cpu", "threads": 1, "depth": 2,
             "alpha": 0.0, "beta": 1.0, "mode": "checkpoint", "label": "checkpoint"}
-    full = memory._worker(base)
-    only = memory._worker({**base, "measure": ["saved"]})
+    full = memory.measure_row(base)
+    only = memory.measure_row({**base, "measure": ["saved"]})
     assert only["saved_bytes"] == full["saved_bytes"] > 0
     assert only["peak_bytes"] is None and only["step_s"] is None
     assert "-" in memory.format_table([only]).splitlines()[-1]
@@ -97,7 +97,7 @@ def test_memory_worker_saved_only_measures_the_same_bytes_without_stepping():
 def test_memory_worker_runs_in_a_fresh_process():
     cfg = {"model": "stack", "batch": 1, "points": 3, "steps": 1, "device": "cpu", "threads": 1, "depth": 1,
            "alpha": 1.0, "beta": 0.1, "mode": "dr2net-auto", "label": "auto@start"}
-    res = memory._run_one(cfg, timeout=300)
+    res = memory.run_row(cfg, timeout=300)
     assert "error" not in res, res.get("error")
     assert res["ran"] in ("checkpoint", "reversible") and 1 <= res["cache_every"] <= 2
 
@@ -130,7 +130,7 @@ def test_partseg_memory_case_keeps_the_taps_not_the_depth():
     assert out.shape == (2, 50, 64) and loss_fn(out).ndim == 0
     base = {"model": "pointmae-partseg", "batch": 2, "points": 64, "steps": 1, "device": "cpu", "threads": 1,
             "alpha": 0.0, "beta": 1.0, "measure": ["saved"]}
-    saved = {(m, d): memory._worker({**base, "mode": m, "label": m, "depth": d})["saved_bytes"]
+    saved = {(m, d): memory.measure_row({**base, "mode": m, "label": m, "depth": d})["saved_bytes"]
              for m in ("conventional", "dr2net") for d in (3, 6)}
     assert saved[("dr2net", 3)] < 0.1 * saved[("conventional", 3)]
     assert saved[("dr2net", 6)] <= 1.1 * saved[("dr2net", 3)]
