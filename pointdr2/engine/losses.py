@@ -18,9 +18,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pointdr2.config import CHOICES
+
 __all__ = ["LOSSES", "build_loss", "poly1_focal_loss"]
 
-LOSSES = ("cross_entropy", "poly1_focal")
+LOSSES = CHOICES["train.loss"]  # the config schema owns the names
 
 
 def poly1_focal_loss(logits: torch.Tensor, target: torch.Tensor, *, epsilon: float = 1.0, alpha: float = 0.25,
@@ -36,7 +38,7 @@ def poly1_focal_loss(logits: torch.Tensor, target: torch.Tensor, *, epsilon: flo
 
 
 def build_loss(train: Mapping[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``loss(logits, target)`` as ``train`` (the config's section) asks; computed in float32 at least."""
+    """``loss(logits, target)`` as ``train`` (the config's section) asks; computed in float32."""
     name = str(train.get("loss", "cross_entropy"))
     if name == "cross_entropy":
         smoothing = float(train.get("label_smoothing", 0.0))

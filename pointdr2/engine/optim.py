@@ -10,6 +10,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from pointdr2.config import CHOICES
+
 __all__ = ["param_groups", "build_optimizer", "CosineWarmup", "MultiStepWarmup", "build_lr_schedule"]
 
 log = logging.getLogger(__name__)
@@ -177,4 +179,4 @@ def build_lr_schedule(optimizer: torch.optim.Optimizer, train, steps_per_epoch: 
                              f"train.scheduler=multistep (e.g. [210, 270]), got {epochs!r}")
         milestones = [int(round(float(e) * steps_per_epoch)) for e in epochs]
         return MultiStepWarmup(optimizer, float(train.lr), milestones, float(train.decay_rate), warm)
-    raise ValueError(f"train.scheduler must be cosine or multistep, got {kind!r}")
+    raise ValueError(f"train.scheduler must be one of {', '.join(CHOICES['train.scheduler'])}, got {kind!r}")
