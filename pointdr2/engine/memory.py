@@ -151,7 +151,8 @@ class PeakByOperation:
     ``/proc/self/clear_refs``; CUDA: ``max_memory_allocated``), so the largest segment is the step's
     peak and its label the innermost module running then (operations inside a module that are not
     modules themselves, such as a chunked grouping, are charged to that module). ``peak`` is absolute
-    (bytes, RSS or allocated); ``None`` where the high-water mark cannot be reset.
+    (bytes, RSS or allocated); ``None`` where the high-water mark cannot be reset. ``segments`` holds every
+    segment's ``(label, high-water mark)`` in order (``pointdr2.engine.plan`` fits each one).
     """
 
     def __init__(self, module, device) -> None:
@@ -161,6 +162,7 @@ class PeakByOperation:
         self.label = "step start"
         self.peak: int | None = None
         self.peak_at: str | None = None
+        self.segments: list[tuple[str, int]] = []
         self.handles = []
         self.ok = self.cuda or self._reset_cpu()
         if not self.ok:
@@ -187,6 +189,7 @@ class PeakByOperation:
         else:
             high = (proc_status_kb("VmHWM") or 0) * 1024
             self._reset_cpu()
+        self.segments.append((self.label, high))
         if self.peak is None or high > self.peak:
             self.peak, self.peak_at = high, self.label
         self.label = label

@@ -14,9 +14,15 @@ measures, per mode:
   OS, as ``bench memory`` measures; CUDA: ``torch.cuda.max_memory_allocated``). ``peak_at`` names the
   operation that set the peak.
 
-In the recomputing modes of models that group in chunks sized to the ops memory budget (PointNeXt's set
-abstractions and local aggregations), the transient stops growing once chunking starts: two extra probes with
-small budgets measure that ceiling (``transient_cap``) and the fitted transient is capped by it.
+In the recomputing modes (checkpoint, Dr2Net) the step's peak is the largest of its segments (a module's
+forward, recomputation or backward: :class:`~pointdr2.engine.memory.PeakByOperation`), and each segment is
+fitted on its own (:class:`Segment`): which segment peaks moves with the size (a first-stage recomputation at
+small crops, the head's backward at large ones), so one fit of the whole step's transient cannot follow it.
+Models that group in chunks sized to the ops memory budget (PointNeXt's set abstractions and local
+aggregations) hold one chunk of grouped tensors at a time, so that part of a segment stops growing once
+chunking starts: each probe also runs with chunks of a few MiB (``FLOOR_BUDGET``), which measures what does
+not depend on the chunk size (the floor), and a segment's growth above its floor is capped at the chunk
+budget (:data:`pointdr2.nn.chunked_grouping.RECOMPUTE_BUDGET_SHARE` of the ops budget).
 
 ``saved`` and ``transient`` are fitted affine in the batch size ``b`` (every activation has a batch
 dimension); with ``probe_points`` the probes also run at a second point count and the per-sample part
@@ -63,6 +69,7 @@ from pointdr2.engine.memory import (
 from pointdr2.engine.network import build_network, coefficient_schedule
 from pointdr2.engine.optim import build_optimizer
 from pointdr2.models import build_model
+from pointdr2.nn.chunked_grouping import RECOMPUTE_BUDGET_SHARE
 from pointdr2.reversible import choose_cache_every, iter_stacks
 from pointdr2.reversible.stack import anchor_positions
 
@@ -112,7 +119,11 @@ class Affine:
     points: int | None = None
 
     @classmethod
-    def fit(cls, probes: Sequence[tuple[int, int, float]]) -> Affine:
+    def fit(cls, probes: Sequence[tuple[int, int, float]], per_sample: bool = True) -> Affine:
+        """Least squares through the probes. ``per_sample=False`` (probes at two point counts): no term in
+        ``b`` alone, ``fixed + b * per_point * n``: one slope fitted through three probes instead of two
+        from three, so a high-water mark's few MiB of noise at the probes is not magnified by the
+        extrapolation (what a step's segment holds grows with the points it carries)."""
         counts = sorted({n for _, n, _ in probes})
         if len(counts) == 1:
             bs = torch.tensor([float(b) for b, _, _ in probes], dtype=torch.float64)
@@ -123,8 +134,12 @@ class Affine:
             sol = torch.linalg.lstsq(a, vs.unsqueeze(1)).solution.squeeze(1)
             return cls(float(sol[0]), float(sol[1]), 0.0, counts[0])
         rows = torch.tensor([[1.0, float(b), float(b) * n] for b, n, _ in probes], dtype=torch.float64)
+        if not per_sample:
+            rows = rows[:, [0, 2]]
         vs = torch.tensor([float(v) for _, _, v in probes], dtype=torch.float64)
-        sol = torch.linalg.lstsq(rows, vs.unsqueeze(1)).solution.squeeze(1)
+        sol = torch.linalg.lstsq(rows, vs.unsqueeze(1)).solution.squeeze(1).tolist()
+        if not per_sample:
+            sol.insert(1, 0.0)
         return cls(float(sol[0]), float(sol[1]), float(sol[2]), None)
 
     def __call__(self, batch: int, points: int) -> float:
@@ -132,6 +147,25 @@ class Affine:
             raise ValueError(f"this plan was measured at {self.points} points only; measure it at {points} points "
                              "(--points) or with --probe-points to extrapolate in points")
         return self.fixed + batch * (self.per_sample + self.per_point * points)
+
+
+@dataclass
+class Segment:
+    """One segment of a step (``label``: the operation running; ``#i`` counts repeats), fitted as bytes
+    above the step's start: ``full`` at the ops memory budget, ``floor`` with chunks of ``FLOOR_BUDGET``.
+
+    ``peak(b, n, cap) = floor + min(max(full - floor, 0), cap)``: what grows above the floor is one chunk's
+    grouped tensors, which never exceed the chunk budget ``cap`` (None: no cap).
+    """
+
+    label: str
+    full: Affine
+    floor: Affine
+
+    def peak(self, batch: int, points: int, cap: float | None) -> float:
+        floor = self.floor(batch, points)
+        grow = max(0.0, self.full(batch, points) - floor)
+        return floor + (grow if cap is None else min(grow, cap))
 
 
 @dataclass
@@ -150,7 +184,8 @@ class ModeRow:
     peak_at: str | None = None
     probes: list[dict] = field(default_factory=list)
     backprop: str | None = None
-    transient_cap: float | None = None  # chunked layers: the transient stops growing here (see _transient_cap)
+    segments: list[Segment] = field(default_factory=list)  # recomputing modes: the step's peak is their max
+    chunk_cap: float | None = None  # bytes one chunk of grouped tensors may hold (Segment.peak's cap)
 
     @property
     def label(self) -> str:
@@ -168,11 +203,17 @@ class ModeRow:
                 value += more * batch * (state(1, points) - state(0, points))
         return max(0.0, value)
 
+    def peak_segment(self, batch: int, points: int) -> tuple[str | None, float]:
+        """The segment that peaks at this size and its bytes above the step's start (None, 0 without segments)."""
+        if not self.segments:
+            return None, 0.0
+        seg = max(self.segments, key=lambda s: s.peak(batch, points, self.chunk_cap))
+        return seg.label, seg.peak(batch, points, self.chunk_cap)
+
     def transient_bytes(self, batch: int, points: int) -> float:
-        value = self.transient(batch, points)
-        if self.transient_cap is not None:
-            value = min(value, self.transient_cap)
-        return max(0.0, value)
+        if self.segments:
+            return max(0.0, self.peak_segment(batch, points)[1] - self.saved(batch, points))
+        return max(0.0, self.transient(batch, points))
 
     def total_bytes(self, batch: int, points: int, cache_every: int | None = None) -> float:
         return self.static + self.saved_bytes(batch, points, cache_every) + self.transient_bytes(batch, points)
@@ -198,14 +239,16 @@ class ModeRow:
 
     def to_dict(self, batch_sizes: Sequence[int], points: int, budget: float | None = None) -> dict:
         out = {"mode": self.mode, "point": self.point, "label": self.label, "alpha": self.alpha, "beta": self.beta,
-               "cache_every": self.cache_every, "backprop": self.backprop, "transient_cap_bytes": self.transient_cap,
+               "cache_every": self.cache_every, "backprop": self.backprop, "chunk_cap_bytes": self.chunk_cap,
+               "segments": len(self.segments),
                "static_bytes": int(self.static), "peak_at": self.peak_at,
                "fit": {"saved": asdict(self.saved), "transient": asdict(self.transient)},
                "stacks": [{"depth": d, "state_bytes_per_sample": s(1, points) - s(0, points)} for d, s in self.stacks],
                "probes": self.probes,
                "batches": [{"batch": int(b), "saved_bytes": int(round(self.saved_bytes(b, points))),
                             "transient_bytes": int(round(self.transient_bytes(b, points))),
-                            "total_bytes": int(round(self.total_bytes(b, points)))} for b in batch_sizes]}
+                            "total_bytes": int(round(self.total_bytes(b, points))),
+                            "peak_at": self.peak_segment(b, points)[0] or self.peak_at} for b in batch_sizes]}
         if budget is not None:
             out["max_batch"] = self.max_batch(budget, points)
         return out
@@ -455,8 +498,11 @@ def _static_bytes(params: list[nn.Parameter], optimizer: torch.optim.Optimizer) 
 
 def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable, sample_fn: Callable,
                  task: str, probes: Sequence[tuple[int, int]], device: torch.device, name_peak: bool = False,
-                 cap_probe: bool = False) -> dict:
-    """Probe one network: static bytes, and saved/transient bytes/peak op/stack states per probe."""
+                 segments: bool = False) -> dict:
+    """Probe one network: static bytes, and saved/transient bytes/peak op/stack states per probe.
+
+    ``segments``: also every segment's high-water mark per probe, and the same probes again with the ops
+    memory budget at ``FLOOR_BUDGET`` (``floor_probes``), for :class:`Segment` fits."""
     torch.manual_seed(0)
     model = model_fn(copy.deepcopy(cfg.model)).to(device)
     net = build_network(model, ft, alpha, beta, train=True).to(device).train()
@@ -490,7 +536,7 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
             base = (proc_status_kb("VmRSS") or 0) * 1024
         # naming the operation at the peak resets the high-water mark at every module boundary (a page-table
         # walk per reset on CPU: seconds for a large model); the peak alone needs one reset
-        tracker = PeakByOperation(net, device) if name_peak or device.type == "cuda" else None
+        tracker = PeakByOperation(net, device) if segments or name_peak or device.type == "cuda" else None
         rss = PeakRSS() if tracker is None or not tracker.ok else contextlib.nullcontext()
         with rss:
             meter = SavedTensorMeter(net)
@@ -501,11 +547,16 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
             if tracker is not None:
                 tracker.close()
         del loss
+        marks = {}
         if tracker is not None and tracker.ok:
             peak, peak_at = tracker.peak - base, tracker.peak_at
+            seen: dict[str, int] = {}
+            for label, high in tracker.segments:
+                seen[label] = seen.get(label, 0) + 1
+                marks[label if seen[label] == 1 else f"{label}#{seen[label]}"] = int(high - base)
         else:
             peak, peak_at = rss.peak_kb * 1024 - base, None
-        return {"batch": b, "points": n, "saved_bytes": int(meter.bytes),
+        return {"batch": b, "points": n, "saved_bytes": int(meter.bytes), "segments": marks,
                 "peak_bytes": int(max(0, peak)), "transient_bytes": int(max(0, peak - meter.bytes)),
                 "peak_at": peak_at, "state_bytes": list(states.bytes),
                 "cache_every": [s.last_cache_every for s in states.stacks]}
@@ -514,8 +565,13 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
         for b, n in probes:
             out["probes"].append(probe(b, n))
         out["static"] = _static_bytes(params, optimizer)
-        if cap_probe:
-            out["cap"] = _transient_cap(probe, max(probes))
+        if segments and all(p["segments"] for p in out["probes"]):
+            old = ops._budget
+            try:
+                ops.set_memory_budget(FLOOR_BUDGET)
+                out["floor_probes"] = [probe(b, n) for b, n in probes]
+            finally:
+                ops.set_memory_budget(old)
     finally:
         states.close()
         gc.collect()
@@ -524,33 +580,21 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
     return out
 
 
-CAP_PROBE_BUDGETS = (16 * 2**20, 32 * 2**20)
+# The ops memory budget of the floor probes: chunks of grouped tensors of FLOOR_BUDGET / RECOMPUTE_BUDGET_SHARE
+# (2 MiB), small beside any step that chunks, large enough that a chunk still holds several centres.
+FLOOR_BUDGET = 8 * 2**20
 
 
-def _transient_cap(probe: Callable, size: tuple[int, int]) -> dict | None:
-    """The transient's ceiling set by chunking (recomputing modes of models that group in chunks).
-
-    Such layers compute their grouped tensors in chunks sized to the ops memory budget
-    (:func:`pointdr2.ops.get_memory_budget`), so past the size where chunking starts the transient stops
-    growing: ``T = T0 + lambda * budget``. Two extra probes at ``size`` with small budgets (16 and 32 MiB,
-    where the largest grouped tensors of a probe are chunked) measure ``lambda``; the ceiling at the real
-    budget is ``T(16 MiB) + lambda * (budget - 16 MiB)``. None when the budget does not move the transient
-    (``lambda < 0.5``: nothing is chunked, e.g. a conventional network or a transformer).
-    """
-    old = ops._budget
-    try:
-        measured = []
-        for budget in CAP_PROBE_BUDGETS:
-            ops.set_memory_budget(budget)
-            measured.append(probe(*size)["transient_bytes"])
-    finally:
-        ops.set_memory_budget(old)
-    lam = (measured[1] - measured[0]) / (CAP_PROBE_BUDGETS[1] - CAP_PROBE_BUDGETS[0])
-    if lam < 0.5:
-        return None
-    budget = ops.get_memory_budget()
-    return {"lambda": lam, "budget": budget, "probe_budgets": list(CAP_PROBE_BUDGETS), "transients": measured,
-            "bytes": measured[0] + lam * (budget - CAP_PROBE_BUDGETS[0])}
+def _segments(measured: dict) -> list[Segment]:
+    """Per-segment fits of the probes at the ops budget and of the floor probes (segments seen in all)."""
+    full, floor = measured["probes"], measured.get("floor_probes")
+    if not floor:
+        return []
+    keys = set.intersection(*(set(p["segments"]) for p in full + floor))
+    order = [k for k in full[-1]["segments"] if k in keys]
+    return [Segment(k, Affine.fit([(p["batch"], p["points"], p["segments"][k]) for p in full], per_sample=False),
+                    Affine.fit([(p["batch"], p["points"], p["segments"][k]) for p in floor], per_sample=False))
+            for k in order]
 
 
 def _row_from(mode: str, point: str | None, alpha, beta, k, backprop, measured: dict) -> ModeRow:
@@ -562,9 +606,10 @@ def _row_from(mode: str, point: str | None, alpha, beta, k, backprop, measured: 
         stacks.append((depth, Affine.fit([(p["batch"], p["points"], p["batch"] * p["state_bytes"][i])
                                           for p in probes])))
     peak_at = max(probes, key=lambda p: p["transient_bytes"])["peak_at"]
-    cap = measured.get("cap")
+    segments = _segments(measured)
     return ModeRow(mode, point, alpha, beta, k, int(measured["static"]), saved, transient, stacks, peak_at,
-                   probes, backprop, None if cap is None else float(cap["bytes"]))
+                   [{k: v for k, v in p.items() if k != "segments"} for p in probes], backprop, segments,
+                   float(ops.get_memory_budget() // RECOMPUTE_BUDGET_SHARE) if segments else None)
 
 
 def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable | None = None,
@@ -610,7 +655,7 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
             if mode in ("conventional", "checkpoint"):
                 m = _measure_row(cfg, {**ft_cfg, "mode": mode}, 1.0, 0.0, model_fn=model_fn, sample_fn=sample_fn,
                                  task=task, probes=probes, device=device, name_peak=name_peak,
-                                 cap_probe=mode == "checkpoint")
+                                 segments=mode == "checkpoint")
                 rows.append(_row_from(mode, None, None, None, None, None, m))
                 continue
             backprop = str(ft_cfg.get("backprop", "auto"))
@@ -621,7 +666,7 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
             if backprop == "exact" or not depths:  # plain autograd, or a model without residual stacks
                 m = _measure_row(cfg, {**ft_cfg, "mode": "dr2net"}, a0, b0, model_fn=model_fn, sample_fn=sample_fn,
                                  task=task, probes=probes, device=device, name_peak=name_peak,
-                                 cap_probe=backprop != "exact")
+                                 segments=backprop != "exact")
                 rows.append(_row_from("dr2net", None, a0, b0, None, backprop, m))
                 continue
             depth = max(depths)  # the stacks' depths bound the guard's spacings
@@ -640,7 +685,7 @@ def measure_plan(cfg, *, device: torch.device | str = "cpu", model_fn: Callable 
                         ft.update(backprop="auto", cache_every=None)
                     measured[key] = _measure_row(cfg, ft, where["alpha"], where["beta"], model_fn=model_fn,
                                                  sample_fn=sample_fn, task=task, probes=probes, device=device,
-                                                 name_peak=name_peak, cap_probe=True)
+                                                 name_peak=name_peak, segments=True)
                 rows.append(_row_from("dr2net", point, where["alpha"], where["beta"], key, backprop, measured[key]))
     finally:
         restore_rng(rng)

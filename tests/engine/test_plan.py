@@ -273,23 +273,57 @@ def test_trainer_real_plan_under_a_roomy_budget_trains_conventionally_and_resume
     assert "resuming with the choice of the run's start (finetune.mode conventional" in (run / "train.log").read_text()
 
 
-def test_transient_ceiling_of_chunked_layers_from_two_small_budgets():
-    from pointdr2 import ops
-    from pointdr2.engine.plan import _transient_cap
+def test_segment_peak_is_its_floor_plus_the_growth_capped_at_one_chunk():
+    from pointdr2.engine.plan import Segment
 
-    seen = []
+    seg = Segment("backward sa", full=Affine(1e6, 0.0, 100.0), floor=Affine(1e6, 0.0, 20.0))
+    # below the cap: the full fit; above it: floor + cap (hand-computed)
+    assert seg.peak(2, 1000, cap=1e6) == pytest.approx(1e6 + 2 * 100.0 * 1000)  # growth 160,000 < cap
+    assert seg.peak(2, 100_000, cap=1e6) == pytest.approx(1e6 + 2 * 20.0 * 100_000 + 1e6)
+    assert seg.peak(2, 100_000, cap=None) == pytest.approx(1e6 + 2 * 100.0 * 100_000)
+    below = Segment("forward head", full=Affine(0.0, 0.0, 10.0), floor=Affine(0.0, 0.0, 12.0))
+    assert below.peak(1, 1000, cap=5.0) == pytest.approx(12_000)  # noise below the floor adds nothing
 
-    def chunked(b, n):  # a chunked layer: the transient follows the chunk budget
-        seen.append(ops.get_memory_budget())
-        return {"transient_bytes": 3e6 + 1.5 * ops.get_memory_budget()}
 
-    cap = _transient_cap(chunked, (2, 4000))
-    assert seen == [16 * 2**20, 32 * 2**20] and ops.get_memory_budget() == 256 * 2**20  # restored
-    assert cap["lambda"] == pytest.approx(1.5) and cap["bytes"] == pytest.approx(3e6 + 1.5 * 256 * 2**20)
-    assert _transient_cap(lambda b, n: {"transient_bytes": 5e6 + 0.01 * ops.get_memory_budget()}, (2, 64)) is None
-    row = ModeRow("checkpoint", None, None, None, None, 0, Affine(0.0, 10.0, 0.0, 100), Affine(1e6, 1e6, 0.0, 100),
-                  transient_cap=5e6)
-    assert row.transient_bytes(2, 100) == 3e6 and row.transient_bytes(8, 100) == 5e6  # linear, then the ceiling
+def test_per_point_fit_without_a_per_sample_term_is_least_squares_through_three_probes():
+    exact = Affine.fit([(1, 2000, 5e5 + 30.0 * 2000), (1, 4000, 5e5 + 30.0 * 4000), (2, 4000, 5e5 + 30.0 * 8000)],
+                       per_sample=False)
+    assert (exact.fixed, exact.per_sample, exact.per_point) == pytest.approx((5e5, 0.0, 30.0))
+    # one noisy probe: the slope of the least-squares line through (b*n, value), computed by hand
+    xs, ys = [2000.0, 4000.0, 8000.0], [1000.0, 3000.0, 4000.0]
+    mx, my = sum(xs) / 3, sum(ys) / 3
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    fit = Affine.fit([(1, 2000, 1000.0), (1, 4000, 3000.0), (2, 4000, 4000.0)], per_sample=False)
+    assert fit.per_point == pytest.approx(slope) and fit.fixed == pytest.approx(my - slope * mx)
+
+
+def test_row_from_probes_takes_the_largest_segment_and_caps_chunked_growth():
+    from pointdr2.engine.plan import _row_from
+
+    cap = 256 * 2**20 // 4  # the chunk budget at the default 256 MiB ops budget
+
+    def probe(b, n, budget_chunk):
+        bn = b * n
+        chunked = 8000.0 * bn if budget_chunk is None else min(8000.0 * bn, budget_chunk)
+        return {"batch": b, "points": n, "saved_bytes": int(400 * bn), "transient_bytes": 0, "peak_at": None,
+                "state_bytes": [], "segments": {"backward sa": int(2e6 + 300 * bn + chunked),  # chunked layer
+                                                "backward head": int(1e6 + 600 * bn)}}  # grows with the points
+
+    sizes = [(1, 4000), (2, 4000), (1, 2000)]
+    measured = {"probes": [probe(b, n, None) for b, n in sizes], "static": 0, "depths": [],
+                "floor_probes": [probe(b, n, 2 * 2**20) for b, n in sizes]}
+    row = _row_from("checkpoint", None, None, None, None, None, measured)
+    assert row.chunk_cap == cap and [s.label for s in row.segments] == ["backward sa", "backward head"]
+    # the floor probes chunk the layer at 2 MiB (floor 2e6 + 300 bn + 2 MiB), the probes at the ops budget do
+    # not (2e6 + 8,300 bn); at 8,000 points x 2 the growth above the floor (128 MB - 2 MiB) is capped at one chunk
+    b, n = 2, 8000
+    sa = 2e6 + 300 * b * n + 2 * 2**20 + cap
+    head = 1e6 + 600 * b * n
+    assert row.peak_segment(b, n)[0] == "backward sa" and sa > head
+    assert row.transient_bytes(b, n) == pytest.approx(max(sa, head) - 400 * b * n, rel=1e-6)
+    b, n = 4, 100_000  # the head's backward wins at large sizes
+    assert row.peak_segment(b, n)[0] == "backward head"
+    assert row.transient_bytes(b, n) == pytest.approx(1e6 + 200 * b * n, rel=1e-6)
 
 
 def test_part_segmentation_plan_matches_an_independent_count():
