@@ -16,6 +16,9 @@ setting) from index 0 on the same clouds, one call per cloud (it has no batch di
 runs on one thread); the table reports the ratio to it beside the ratio to open3d. Its indices
 follow its own rounding and tie rules, so "same indices" is informative only for it.
 Every case runs on one thread and again on all of torch's threads (``--threads`` picks one count).
+The ``cpp`` backend chooses its kd-tree (bucketed) or brute-force path by size; the ``cpp-scan`` rows
+force the brute-force scan on the same inputs (what the backend ran before the buckets; left out of
+the million-point case) and ``x scan`` is the ``cpp`` row's time over it.
 """
 
 from __future__ import annotations
@@ -333,6 +336,11 @@ def measure(args: Options) -> dict:
                         continue  # a Python loop over 10^4 picks of 10^6 points: minutes per run
                     ops.set_backend(name)
                     results[name] = _median_ms(lambda c=case: c.ours(c.inputs), args.repeat)
+                    if name == "cpp" and not case.heavy:  # the brute-force scan: what cpp ran before the buckets
+                        from pointdr2.ops import cpp_backend
+
+                        with cpp_backend.forced_path("brute"):
+                            results["cpp-scan"] = _median_ms(lambda c=case: c.ours(c.inputs), args.repeat)
                 if anchor_ms is None and "cpp" in results:
                     anchor_ms = results["cpp"][0]  # the timing anchor; the indices are checked against NumPy
                 if anchor_out is None:
@@ -345,6 +353,8 @@ def measure(args: Options) -> dict:
                         "median_ms": round(ms, 3), "cpu_ms": round(cpu_ms, 3),
                         "x_anchor": round(ms / anchor_ms, 2) if anchor_ms else None,
                         "x_fpsample": round(ms / fps_ms, 2) if fps_ms else None,
+                        "x_scan": round(ms / results["cpp-scan"][0], 2) if name == "cpp" and "cpp-scan" in results
+                        else None,
                         "matches_anchor": bool(torch.equal(out, anchor_out)) if anchor_out is not None else None,
                     })
                     log.debug("%s %s %s %d threads %.2f ms", case.op, case.label, name, threads, ms)
@@ -371,12 +381,13 @@ def format_table(result: dict) -> str:
     lines = [f"machine: {result['machine']}",
              f"anchor: {result['anchor']}; FPS anchor: {result['fps_anchor']}; CPU threads: "
              f"{', '.join(map(str, result['threads']))}; median of {result['repeat']}", "",
-             "| op | case | threads | backend | median ms | CPU ms | x anchor | x fpsample | same indices as anchor |",
-             "|---|---|---:|---|---:|---:|---:|---:|---|"]
+             "| op | case | threads | backend | median ms | CPU ms | x anchor | x fpsample | x scan | same indices as anchor |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         ratio = "-" if r["x_anchor"] is None else f"{r['x_anchor']:.2f}"
         fps_ratio = "-" if r["x_fpsample"] is None else f"{r['x_fpsample']:.2f}"
+        scan_ratio = "-" if r.get("x_scan") is None else f"{r['x_scan']:.2f}"
         same = "-" if r["matches_anchor"] is None else ("yes" if r["matches_anchor"] else "no")
         lines.append(f"| {r['op']} | {r['case']} | {r['threads']} | {r['backend']} | {r['median_ms']:.2f} | "
-                     f"{r['cpu_ms']:.0f} | {ratio} | {fps_ratio} | {same} |")
+                     f"{r['cpu_ms']:.0f} | {ratio} | {fps_ratio} | {scan_ratio} | {same} |")
     return "\n".join(lines)

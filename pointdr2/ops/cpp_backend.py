@@ -52,23 +52,28 @@ FPS_TREE_MIN_N = 4096          # FPS: points per cloud ...
 FPS_TREE_MIN_WORK = 1 << 22    # ... and N * npoint (distance evaluations of the scan)
 KNN_TREE_MIN_N = 1024          # kNN / three_nn: support points per cloud, queries per cloud, k * 8 <= N
 KNN_TREE_MIN_QUERIES = 64
+FPS_TEAM_MIN_N = 1 << 16      # FPS with fewer clouds than threads: from this many points per cloud, each
+                               # cloud is shared by all threads (one barrier per pick; below it the
+                               # barrier costs about what a pick's share of the work saves)
 BALL_TREE_MIN_N = 4096         # ball query: points per cloud and queries per cloud
 BALL_TREE_MIN_QUERIES = 256
 _MAX_SEARCH_LEAF = 64
-_forced: tuple[str, int | None] | None = None
+_forced: tuple[str, int | None, int | None] | None = None
 
 
 @contextlib.contextmanager
-def forced_path(path: str, leaf: int | None = None):
+def forced_path(path: str, leaf: int | None = None, team: int | None = None):
     """Run every cpp op on one path whatever the size: ``"tree"`` (kd-tree buckets of at most
     ``leaf`` points; default the op's own bucket size; ball query and kNN take at most 64) or
-    ``"brute"`` (the full scans). For tests and benchmarks; not thread-safe."""
+    ``"brute"`` (the full scans); ``team``: threads per cloud of the kd-tree FPS (default: chosen
+    by size, :func:`fps_team`). For tests and benchmarks; not thread-safe."""
     global _forced
     if path not in ("tree", "brute"):
         raise ValueError(f"path must be 'tree' or 'brute'; got {path!r}")
-    if leaf is not None and (not isinstance(leaf, int) or isinstance(leaf, bool) or leaf < 1):
-        raise ValueError(f"leaf must be a positive integer or None; got {leaf!r}")
-    previous, _forced = _forced, (path, leaf)
+    for name, value in (("leaf", leaf), ("team", team)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
+    previous, _forced = _forced, (path, leaf, team)
     try:
         yield
     finally:
@@ -78,7 +83,7 @@ def forced_path(path: str, leaf: int | None = None):
 def _leaf(use_tree: bool, default: int) -> int:
     """The kernels' ``leaf`` argument: 0 for the brute-force scan, else the bucket size."""
     if _forced is not None:
-        path, leaf = _forced
+        path, leaf, _ = _forced
         return (leaf or default) if path == "tree" else 0
     return default if use_tree else 0
 
@@ -200,7 +205,16 @@ def furthest_point_sample(xyz: torch.Tensor, npoint: int, *, skip_origin: bool =
     skip = origin_skip_mask(xyz).to(torch.uint8) if skip_origin else torch.empty(0, dtype=torch.uint8)
     n = xyz.shape[1]
     leaf = _leaf(n >= FPS_TREE_MIN_N and n * npoint >= FPS_TREE_MIN_WORK, FPS_LEAF)
-    return load().furthest_point_sample(xyz, int(npoint), skip, leaf)
+    return load().furthest_point_sample(xyz, int(npoint), skip, leaf, fps_team(xyz.shape[0], n, leaf))
+
+
+def fps_team(batch: int, n: int, leaf: int) -> int:
+    """Threads per cloud of the kd-tree FPS: all of torch's threads for fewer clouds than threads of
+    ``FPS_TEAM_MIN_N`` points or more (``forced_path(..., team=)`` overrides), else 1 (one thread per cloud)."""
+    if _forced is not None and _forced[2] is not None:
+        return _forced[2]
+    threads = torch.get_num_threads()
+    return threads if leaf and batch < threads and n >= FPS_TEAM_MIN_N else 1
 
 
 def _knn_leaf(query: torch.Tensor, support: torch.Tensor, k: int) -> int:

@@ -26,6 +26,11 @@ def test_bench_ops_quick_json(capsys):
     cases = {r["case"] for r in ours if r["op"] == "furthest_point_sample"}
     assert {c.split()[0] for c in cases} >= {"room", "planes", "clusters", "uniform"}
     assert report["machine"] and "fps_anchor" in report
+    if backend == "cpp":  # the forced brute-force scan beside the automatic choice, on the same inputs
+        scans = [r for r in rows if r["backend"] == "cpp-scan"]
+        assert {(r["case"], r["threads"]) for r in scans} == {(r["case"], r["threads"]) for r in ours}
+        assert all(r["matches_anchor"] for r in scans)
+        assert all(r["x_scan"] > 0 for r in ours) and all(r["x_scan"] is None for r in scans)
 
 
 def test_bench_ops_fpsample_anchor(capsys):
@@ -63,7 +68,8 @@ def test_without_open3d_the_indices_are_checked_against_numpy_not_cpp(capsys, mo
     assert main(["bench", "ops", "--quick", "--repeat", "1", "--json", "--backends", backend]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = [r for r in report["rows"] if r["backend"] != "fpsample"]
-    assert "NumPy float64 brute force" in report["anchor"] and {r["backend"] for r in rows} == {backend}
+    assert "NumPy float64 brute force" in report["anchor"]
+    assert {r["backend"] for r in rows} == ({"cpp", "cpp-scan"} if backend == "cpp" else {backend})
     assert all(r["matches_anchor"] for r in rows), [r for r in rows if not r["matches_anchor"]]
 
     real = ops.furthest_point_sample

@@ -62,7 +62,7 @@ def test_reloading_and_alternating_installations_do_not_rebuild(tmp_path, monkey
         assert cpp_backend.build_dir() != directory and not cpp_backend.is_built()
     # a fresh process of this installation loads the cached build without compiling
     code = ("import torch; from pointdr2.ops import cpp_backend as c; c.load(); "
-            "print(c.load().furthest_point_sample(torch.rand(1, 9, 3), 3, torch.empty(0, dtype=torch.uint8), 0).shape)")
+            "print(c.load().furthest_point_sample(torch.rand(1, 9, 3), 3, torch.empty(0, dtype=torch.uint8), 0, 1).shape)")
     root = str(Path(pointdr2.__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *sys.path]))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -164,6 +164,32 @@ def test_fps_tree_equal_maxima_in_different_buckets_go_to_the_lowest_index(cpp):
     assert got.tolist() == [[0, 1, 2, 3, 4]]
 
 
+@pytest.mark.parametrize("kind", sorted(CLOUDS))
+@pytest.mark.parametrize("team", [2, 3, 5])
+def test_fps_tree_on_a_team_of_threads_matches_float32_brute_force(cpp, kind, team):
+    # one cloud shared by several threads (parts of the tree per thread, one barrier per pick)
+    xyz = CLOUDS[kind](2, 301, 12)
+    want = fps32(xyz.numpy(), 301)
+    for leaf in (1, 4, None):
+        with cpp_backend.forced_path("tree", leaf, team=team):
+            for npoint in (1, 2, 100, 301):
+                np.testing.assert_array_equal(ops.furthest_point_sample(xyz, npoint).numpy(), want[:, :npoint])
+
+
+def test_fps_tree_team_origin_skip_float64_and_ties_across_parts(cpp):
+    xyz = random_cloud(2, 200, seed=7, duplicates=30, near_origin=40, dtype=torch.float64)
+    a = np.array([[10.0, 0, 0], [-10.0, 0, 0], [0, 10.0, 0], [0, -10.0, 0], [0, 0, 0]], dtype=np.float32)
+    ties = torch.from_numpy(a[[4, 3, 2, 1, 0]][None].copy())  # equal maxima in different parts
+    with cpp_backend.forced_path("tree", 1, team=4):
+        got = ops.furthest_point_sample(xyz, 150, skip_origin=True).numpy()
+        assert ops.furthest_point_sample(ties, 5).tolist() == [[0, 1, 2, 3, 4]]
+        assert ops.furthest_point_sample(torch.rand(1, 1, 3), 1).tolist() == [[0]]  # one leaf: a team of one
+    np.testing.assert_array_equal(got, ref_fps(xyz.numpy(), 150, skip_origin=True))
+    with pytest.raises(ValueError, match="team must be a positive integer or None; got 0"):
+        with cpp_backend.forced_path("tree", team=0):
+            pass
+
+
 # ----------------------------------------------------------------------------- ball query / kNN
 @pytest.mark.parametrize("kind", sorted(CLOUDS))
 @pytest.mark.parametrize("leaf", [1, 2, 7, None])
@@ -219,13 +245,16 @@ class _Spy:
     """Stands in for the compiled module and records the ``leaf`` argument of every call."""
 
     def __init__(self, real):
-        self.real, self.leaves = real, []
+        self.real, self.leaves, self.teams = real, [], []
 
     def __getattr__(self, name):
         fn = getattr(self.real, name)
 
         def call(*args):
-            self.leaves.append((name, args[-1]))
+            fps = name == "furthest_point_sample"  # (xyz, npoint, skip, leaf, team)
+            self.leaves.append((name, args[3] if fps else args[-1]))
+            if fps:
+                self.teams.append(args[4])
             return fn(*args)
         return call
 
@@ -266,6 +295,22 @@ def test_automatic_choice_uses_the_tree_on_large_inputs_only(spy):
     assert spy.leaves == [("furthest_point_sample", cpp_backend.FPS_LEAF), ("furthest_point_sample", 0),
                           ("ball_query", cpp_backend.SEARCH_LEAF), ("ball_query", 0),
                           ("knn", cpp_backend.SEARCH_LEAF), ("knn", 0)]
+
+
+def test_a_large_cloud_is_shared_by_all_threads_only_when_there_are_fewer_clouds_than_threads(spy):
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        big = random_cloud(2, cpp_backend.FPS_TEAM_MIN_N, seed=4)
+        ops.furthest_point_sample(big[:1], 100)    # one large cloud, two threads: a team of 2
+        ops.furthest_point_sample(big, 100)        # a cloud per thread: one thread each
+        ops.furthest_point_sample(big[:1, :5000], 2000)  # below the team's size
+        torch.set_num_threads(1)
+        ops.furthest_point_sample(big[:1], 100)
+    finally:
+        torch.set_num_threads(old)
+    assert spy.teams == [2, 1, 1, 1]
+    assert [leaf for _, leaf in spy.leaves] == [cpp_backend.FPS_LEAF] * 4
 
 
 def test_automatic_tree_on_a_large_cloud_matches_the_scan(cpp):

@@ -15,9 +15,11 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -421,35 +423,152 @@ void fps_tree_update(const KdTree<T>& t, FpsTreeState<T>& s, int32_t node, T cx,
   s.cand[node] = take_right ? s.cand[r] : s.cand[l];
 }
 
+// Every mind starts at inf, so before any update a subtree's first maximum is its lowest index.
+template <typename T>
+void fps_tree_reset(const KdTree<T>& t, FpsTreeState<T>& s) {
+  s.mind.assign(t.id.size(), std::numeric_limits<T>::infinity());
+  s.best.assign(t.nodes.size(), std::numeric_limits<T>::infinity());
+  s.cand.resize(t.nodes.size());
+  for (size_t i = 0; i < t.nodes.size(); ++i) s.cand[i] = t.nodes[i].min_id;
+}
+
+// Sense-reversing spin barrier for a fixed team of threads (one per std::thread below). A pick of a
+// large cloud takes tens of microseconds, so spinning (then yielding, on a busy machine) costs less
+// than sleeping on a futex.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int n) : n_(n) {}
+  void wait(int& local_sense) {
+    local_sense = 1 - local_sense;
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      sense_.store(local_sense, std::memory_order_release);
+      return;
+    }
+    for (int spin = 0; sense_.load(std::memory_order_acquire) != local_sense; ++spin)
+      if (spin > 2048) std::this_thread::yield();
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> count_{0};
+  std::atomic<int> sense_{0};
+};
+
+// Disjoint subtrees covering the tree ("parts"): the largest part is split into its children
+// until there are `want` of them or every part is a leaf.
+template <typename T>
+std::vector<int32_t> tree_parts(const KdTree<T>& t, size_t want) {
+  std::vector<int32_t> parts{0};
+  auto size = [&](int32_t node) { return t.nodes[node].end - t.nodes[node].begin; };
+  while (parts.size() < want) {
+    size_t big = parts.size();
+    for (size_t i = 0; i < parts.size(); ++i)
+      if (t.nodes[parts[i]].right >= 0 && (big == parts.size() || size(parts[i]) > size(parts[big]))) big = i;
+    if (big == parts.size()) break;  // only leaves left
+    const int32_t node = parts[big];
+    parts[big] = node + 1;
+    parts.push_back(t.nodes[node].right);
+  }
+  return parts;
+}
+
+// One cloud's FPS on a team of `team` threads: the tree is cut into parts (a few per thread,
+// dealt out by size), each thread folds every pick into its own parts, and after one barrier
+// every thread takes the next pick from the parts' maxima with the serial combine's rule (larger
+// maximum; on equal maxima the lower original index). The parts' (maximum, index) pairs are
+// distinct, so that rule has one answer in any order, the one fps_tree_update gives at the root:
+// the picks are the serial path's. The pairs are double-buffered by pick parity, so a thread
+// that runs ahead into the next pick never overwrites what a slower one is still reading.
+template <typename T>
+void fps_tree_team(const KdTree<T>& t, FpsTreeState<T>& s, const T* xyz, int64_t npoint, int team, int64_t* o) {
+  const std::vector<int32_t> parts = tree_parts(t, static_cast<size_t>(team) * 8);
+  team = std::min<int>(team, static_cast<int>(parts.size()));
+  std::vector<int32_t> order(parts.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+  auto size = [&](int32_t f) { return t.nodes[parts[f]].end - t.nodes[parts[f]].begin; };
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return size(a) > size(b); });
+  std::vector<std::vector<int32_t>> own(team);
+  std::vector<int64_t> load(team, 0);
+  for (int32_t f : order) {  // largest part first, to the least loaded thread
+    const int w = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    own[w].push_back(f);
+    load[w] += size(f);
+  }
+  std::vector<T> best[2] = {std::vector<T>(parts.size()), std::vector<T>(parts.size())};
+  std::vector<int32_t> cand[2] = {std::vector<int32_t>(parts.size()), std::vector<int32_t>(parts.size())};
+  SpinBarrier barrier(team);
+  o[0] = 0;
+  auto work = [&](int w) {
+    int sense = 0;
+    int64_t last = 0;
+    for (int64_t i = 1; i < npoint; ++i) {
+      const int par = static_cast<int>(i & 1);
+      const T cx = xyz[3 * last], cy = xyz[3 * last + 1], cz = xyz[3 * last + 2];
+      for (int32_t f : own[w]) {
+        fps_tree_update(t, s, parts[f], cx, cy, cz);
+        best[par][f] = s.best[parts[f]];
+        cand[par][f] = s.cand[parts[f]];
+      }
+      barrier.wait(sense);
+      T bb = best[par][0];
+      int32_t bc = cand[par][0];
+      for (size_t f = 1; f < parts.size(); ++f) {
+        const T v = best[par][f];
+        if (v > bb || (v == bb && cand[par][f] < bc)) {
+          bb = v;
+          bc = cand[par][f];
+        }
+      }
+      last = bc;
+      if (w == 0) o[i] = last;
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(team - 1);
+  for (int w = 1; w < team; ++w) pool.emplace_back(work, w);
+  work(0);
+  for (auto& th : pool) th.join();
+}
+
 // FPS over a kd-tree of the candidates (points not skipped; skipped ones never enter the maximum,
-// so their distances are not needed). Same picks as fps_kernel.
+// so their distances are not needed). Same picks as fps_kernel. team > 1: each cloud in turn on
+// a team of that many threads (fps_tree_team; for fewer clouds than threads), else the clouds
+// spread over torch's threads, one thread per cloud.
 template <typename T>
 void fps_tree_kernel(const T* xyz_all, const uint8_t* skip, int64_t B, int64_t N, int64_t npoint, int64_t leaf,
-                     int64_t* out) {
+                     int64_t team, int64_t* out) {
+  auto one = [&](KdTree<T>& t, FpsTreeState<T>& s, int64_t b, int64_t threads) {
+    const T* xyz = xyz_all + b * 3 * N;
+    int64_t* o = out + b * npoint;
+    build_tree(t, xyz, skip ? skip + b * N : nullptr, N, leaf);
+    if (t.nodes.empty()) {  // no candidate at all: every pick is index 0, as in pointnet2_ops
+      std::fill(o, o + npoint, int64_t(0));
+      return;
+    }
+    fps_tree_reset(t, s);
+    if (threads > 1 && npoint > 1) {
+      fps_tree_team(t, s, xyz, npoint, static_cast<int>(threads), o);
+      return;
+    }
+    int64_t last = 0;
+    o[0] = 0;
+    for (int64_t i = 1; i < npoint; ++i) {
+      fps_tree_update(t, s, 0, xyz[3 * last], xyz[3 * last + 1], xyz[3 * last + 2]);
+      last = s.cand[0];
+      o[i] = last;
+    }
+  };
+  if (team > 1) {
+    KdTree<T> t;
+    FpsTreeState<T> s;
+    for (int64_t b = 0; b < B; ++b) one(t, s, b, team);
+    return;
+  }
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     KdTree<T> t;
     FpsTreeState<T> s;
-    for (int64_t b = b0; b < b1; ++b) {
-      const T* xyz = xyz_all + b * 3 * N;
-      int64_t* o = out + b * npoint;
-      build_tree(t, xyz, skip ? skip + b * N : nullptr, N, leaf);
-      if (t.nodes.empty()) {  // no candidate at all: every pick is index 0, as in pointnet2_ops
-        std::fill(o, o + npoint, int64_t(0));
-        continue;
-      }
-      // Every mind starts at inf, so before any update a subtree's first maximum is its lowest index.
-      s.mind.assign(t.id.size(), std::numeric_limits<T>::infinity());
-      s.best.assign(t.nodes.size(), std::numeric_limits<T>::infinity());
-      s.cand.resize(t.nodes.size());
-      for (size_t i = 0; i < t.nodes.size(); ++i) s.cand[i] = t.nodes[i].min_id;
-      int64_t last = 0;
-      o[0] = 0;
-      for (int64_t i = 1; i < npoint; ++i) {
-        fps_tree_update(t, s, 0, xyz[3 * last], xyz[3 * last + 1], xyz[3 * last + 2]);
-        last = s.cand[0];
-        o[i] = last;
-      }
-    }
+    for (int64_t b = b0; b < b1; ++b) one(t, s, b, 1);
   });
 }
 
@@ -597,11 +716,14 @@ void check_leaf(int64_t leaf, int64_t N) {
 
 // skip: uint8 [B, N] (1 = never picked after the first) or an empty tensor for none.
 // leaf: 0 for the brute-force scan, > 0 for a kd-tree with at most `leaf` points per bucket.
-at::Tensor furthest_point_sample(const at::Tensor& xyz, int64_t npoint, const at::Tensor& skip, int64_t leaf) {
+// team (kd-tree path): > 1 runs each cloud on that many threads (fps_tree_team), else one thread per cloud.
+at::Tensor furthest_point_sample(const at::Tensor& xyz, int64_t npoint, const at::Tensor& skip, int64_t leaf,
+                                 int64_t team) {
   check(xyz, "xyz");
   const auto B = xyz.size(0), N = xyz.size(1);
   check_leaf(leaf, N);
   TORCH_CHECK(npoint >= 1 && npoint <= N, "npoint out of range");
+  TORCH_CHECK(team >= 0 && team <= 1024, "team must be in [0, 1024]");
   const bool has_skip = skip.numel() > 0;
   TORCH_CHECK(!has_skip || (skip.scalar_type() == at::kByte && skip.dim() == 2 && skip.size(0) == B &&
                             skip.size(1) == N), "skip must be uint8 [B, N] or empty");
@@ -611,7 +733,7 @@ at::Tensor furthest_point_sample(const at::Tensor& xyz, int64_t npoint, const at
   const uint8_t* sp = has_skip ? sk.data_ptr<uint8_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(xyz.scalar_type(), "furthest_point_sample", [&] {
     if (leaf > 0)
-      fps_tree_kernel<scalar_t>(p.data_ptr<scalar_t>(), sp, B, N, npoint, leaf, out.data_ptr<int64_t>());
+      fps_tree_kernel<scalar_t>(p.data_ptr<scalar_t>(), sp, B, N, npoint, leaf, team, out.data_ptr<int64_t>());
     else
       fps_kernel<scalar_t>(p.data_ptr<scalar_t>(), sp, B, N, npoint, out.data_ptr<int64_t>());
   });
@@ -662,7 +784,8 @@ std::vector<at::Tensor> knn(const at::Tensor& query, const at::Tensor& support, 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("furthest_point_sample", &furthest_point_sample,
-        "FPS [B,N,3] (+ skip mask, leaf: 0 brute force, >0 kd-tree bucket size) -> int64 [B,npoint]");
+        "FPS [B,N,3] (+ skip mask, leaf: 0 brute force, >0 kd-tree bucket size, team: threads per cloud) "
+        "-> int64 [B,npoint]");
   m.def("ball_query", &ball_query, "ball query with squared radius r2 (+ leaf) -> int64 [B,S,nsample]");
   m.def("knn", &knn, "k nearest neighbours (+ leaf) -> (sqdist [B,S,k], int64 idx [B,S,k])");
 }
