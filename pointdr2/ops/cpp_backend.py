@@ -58,22 +58,24 @@ FPS_TEAM_MIN_N = 1 << 16      # FPS with fewer clouds than threads: from this ma
 BALL_TREE_MIN_N = 4096         # ball query: points per cloud and queries per cloud
 BALL_TREE_MIN_QUERIES = 256
 _MAX_SEARCH_LEAF = 64
-_forced: tuple[str, int | None, int | None] | None = None
+_forced: tuple[str, int | None, int | None, int | None] | None = None
 
 
 @contextlib.contextmanager
-def forced_path(path: str, leaf: int | None = None, team: int | None = None):
+def forced_path(path: str, leaf: int | None = None, team: int | None = None, prefix: int | None = None):
     """Run every cpp op on one path whatever the size: ``"tree"`` (kd-tree buckets of at most
     ``leaf`` points; default the op's own bucket size; ball query and kNN take at most 64) or
     ``"brute"`` (the full scans); ``team``: threads per cloud of the kd-tree FPS (default: chosen
-    by size, :func:`fps_team`). For tests and benchmarks; not thread-safe."""
+    by size, :func:`fps_team`); ``prefix``: points the kd-tree ball query scans in index order
+    before it asks the tree (default 256; 0: the tree alone). For tests and benchmarks; not thread-safe."""
     global _forced
     if path not in ("tree", "brute"):
         raise ValueError(f"path must be 'tree' or 'brute'; got {path!r}")
-    for name, value in (("leaf", leaf), ("team", team)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
-    previous, _forced = _forced, (path, leaf, team)
+    for name, value, low in (("leaf", leaf, 1), ("team", team, 1), ("prefix", prefix, 0)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            kind = "a positive" if low else "a non-negative"
+            raise ValueError(f"{name} must be {kind} integer or None; got {value!r}")
+    previous, _forced = _forced, (path, leaf, team, prefix)
     try:
         yield
     finally:
@@ -83,7 +85,7 @@ def forced_path(path: str, leaf: int | None = None, team: int | None = None):
 def _leaf(use_tree: bool, default: int) -> int:
     """The kernels' ``leaf`` argument: 0 for the brute-force scan, else the bucket size."""
     if _forced is not None:
-        path, leaf, _ = _forced
+        path, leaf, _, _ = _forced
         return (leaf or default) if path == "tree" else 0
     return default if use_tree else 0
 
@@ -226,7 +228,8 @@ def _knn_leaf(query: torch.Tensor, support: torch.Tensor, k: int) -> int:
 def ball_query(xyz: torch.Tensor, new_xyz: torch.Tensor, radius: float, nsample: int) -> torch.Tensor:
     use = xyz.shape[1] >= BALL_TREE_MIN_N and new_xyz.shape[1] >= BALL_TREE_MIN_QUERIES
     leaf = min(_leaf(use, SEARCH_LEAF), _MAX_SEARCH_LEAF)
-    return load().ball_query(xyz, new_xyz, radius_squared(radius, xyz.dtype), int(nsample), leaf)
+    prefix = -1 if _forced is None or _forced[3] is None else _forced[3]
+    return load().ball_query(xyz, new_xyz, radius_squared(radius, xyz.dtype), int(nsample), leaf, prefix)
 
 
 def knn(query: torch.Tensor, support: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

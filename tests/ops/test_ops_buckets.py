@@ -188,18 +188,26 @@ def test_fps_tree_team_origin_skip_float64_and_ties_across_parts(cpp):
     with pytest.raises(ValueError, match="team must be a positive integer or None; got 0"):
         with cpp_backend.forced_path("tree", team=0):
             pass
+    with pytest.raises(ValueError, match="prefix must be a non-negative integer or None; got -1"):
+        with cpp_backend.forced_path("tree", prefix=-1):
+            pass
 
 
 # ----------------------------------------------------------------------------- ball query / kNN
 @pytest.mark.parametrize("kind", sorted(CLOUDS))
 @pytest.mark.parametrize("leaf", [1, 2, 7, None])
 def test_ball_query_tree_matches_float32_brute_force(cpp, kind, leaf):
+    # prefix: the points scanned in index order before the tree (0: the tree alone; 8: a prefix
+    # that hands dense balls to the index-order scan and sparse ones to the tree; None: 256 > N)
     xyz = CLOUDS[kind](2, 257, 21)
     centres = torch.cat([xyz[:, :40], CLOUDS["uniform"](2, 10, 3) * 4], dim=1)
-    with cpp_backend.forced_path("tree", leaf):
-        for radius, nsample in ((0.3, 8), (1.0, 5), (1.0, 64), (2.0, 300), (100.0, 3)):
-            got = ops.ball_query(xyz, centres, radius, nsample).numpy()
-            np.testing.assert_array_equal(got, ball32(xyz.numpy(), centres.numpy(), radius, nsample))
+    want = {(r, k): ball32(xyz.numpy(), centres.numpy(), r, k)
+            for r, k in ((0.3, 8), (1.0, 5), (1.0, 64), (2.0, 300), (100.0, 3))}
+    for prefix in (0, 8, None):
+        with cpp_backend.forced_path("tree", leaf, prefix=prefix):
+            for (radius, nsample), expected in want.items():
+                got = ops.ball_query(xyz, centres, radius, nsample).numpy()
+                np.testing.assert_array_equal(got, expected, err_msg=f"prefix {prefix} r {radius} k {nsample}")
 
 
 def test_ball_query_tree_radius_boundary_is_strict(cpp):
@@ -252,7 +260,8 @@ class _Spy:
 
         def call(*args):
             fps = name == "furthest_point_sample"  # (xyz, npoint, skip, leaf, team)
-            self.leaves.append((name, args[3] if fps else args[-1]))
+            # ball_query: (xyz, new_xyz, r2, nsample, leaf, prefix); knn: (query, support, k, leaf)
+            self.leaves.append((name, args[{"furthest_point_sample": 3, "ball_query": 4}.get(name, -1)]))
             if fps:
                 self.teams.append(args[4])
             return fn(*args)

@@ -25,6 +25,7 @@
 namespace {
 
 constexpr int64_t kBlock = 64;  // points per distance block: fits in L1 with its coordinates
+static_assert(kBlock <= 64, "the kNN bucket mask is one uint64_t");
 // Distance evaluations a thread should get before work is split: smaller problems run on the
 // calling thread, where waking the OpenMP team would cost more than it saves.
 constexpr int64_t kMinWorkPerThread = int64_t(1) << 20;
@@ -112,33 +113,41 @@ void fps_kernel(const T* planes, const uint8_t* skip, int64_t B, int64_t N, int6
   });
 }
 
+// Hits of one ball query in index order over [j, end) of the planar coordinates, appended to
+// o[cnt...] until nsample are found; j and cnt advance. Blocks of kBlock points (vectorised
+// distances, the brute force's expression), so j stops at a block boundary (or end) unless the
+// ball fills up.
+template <typename T>
+inline void ball_scan(const T* x, const T* y, const T* z, const T* c, T r2, int64_t nsample, int64_t end,
+                      int64_t& j, int64_t* o, int64_t& cnt) {
+  T d2[kBlock];
+  while (j < end && cnt < nsample) {
+    const int64_t j0 = j, n = std::min(kBlock, end - j0);
+    sqdist_block(x + j0, y + j0, z + j0, c[0], c[1], c[2], n, d2);
+    j = j0 + n;
+    int hits = 0;
+    for (int64_t k = 0; k < n; ++k) hits += d2[k] < r2;
+    if (!hits) continue;
+    for (int64_t k = 0; k < n && cnt < nsample; ++k)
+      if (d2[k] < r2) o[cnt++] = j0 + k;
+  }
+}
+
+// The answer's tail: empty slots repeat the first hit; no hit at all is index 0 everywhere.
+inline void ball_fill(int64_t* o, int64_t cnt, int64_t nsample) {
+  std::fill(o + cnt, o + nsample, cnt ? o[0] : int64_t(0));
+}
+
 template <typename T>
 void ball_query_kernel(const T* planes, const T* q, int64_t B, int64_t N, int64_t S, T r2,
                        int64_t nsample, int64_t* out) {
   at::parallel_for(0, B * S, grain(N), [&](int64_t i0, int64_t i1) {
-    T d2[kBlock];
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / S;
-      const T* x = planes + b * 3 * N;
-      const T* y = x + N;
-      const T* z = y + N;
-      const T* c = q + i * 3;
+      const T* x = planes + (i / S) * 3 * N;
       int64_t* o = out + i * nsample;
-      int64_t cnt = 0;
-      for (int64_t j0 = 0; j0 < N && cnt < nsample; j0 += kBlock) {
-        const int64_t n = std::min(kBlock, N - j0);
-        sqdist_block(x + j0, y + j0, z + j0, c[0], c[1], c[2], n, d2);
-        int hits = 0;
-        for (int64_t j = 0; j < n; ++j) hits += d2[j] < r2;
-        if (!hits) continue;
-        for (int64_t j = 0; j < n && cnt < nsample; ++j) {
-          if (d2[j] < r2) {
-            if (cnt == 0) std::fill(o, o + nsample, j0 + j);  // first hit fills every slot
-            o[cnt++] = j0 + j;
-          }
-        }
-      }
-      if (cnt == 0) std::fill(o, o + nsample, int64_t(0));
+      int64_t cnt = 0, j = 0;
+      ball_scan(x, x + N, x + 2 * N, q + i * 3, r2, nsample, N, j, o, cnt);
+      ball_fill(o, cnt, nsample);
     }
   });
 }
@@ -316,11 +325,10 @@ int32_t build_node(KdTree<T>& t, const uint64_t* key, int32_t b, int32_t e, int6
   return node;
 }
 
-// Tree over the points of one cloud xyz [N, 3] (row-major, as the op receives it: gathering whole
-// rows in Morton order touches one cache line per point), leaving out those with skip[j] != 0
-// (skip may be null).
+// Morton keys of the points of one cloud xyz [N, 3] (row-major), quantised to 16 bits per axis over
+// their bounding box, leaving out those with skip[j] != 0 (skip may be null), sorted (stable).
 template <typename T>
-void build_tree(KdTree<T>& t, const T* xyz, const uint8_t* skip, int64_t N, int64_t leaf) {
+void morton_order(const T* xyz, const uint8_t* skip, int64_t N, std::vector<KeyedId>& order) {
   T mn[3], mx[3];
   for (int a = 0; a < 3; ++a) {
     mn[a] = std::numeric_limits<T>::infinity();
@@ -338,7 +346,7 @@ void build_tree(KdTree<T>& t, const T* xyz, const uint8_t* skip, int64_t N, int6
     const double extent = double(mx[a]) - double(mn[a]);
     scale[a] = extent > 0 ? double((1 << kMortonBits) - 1) / extent : 0.0;
   }
-  std::vector<KeyedId> order;
+  order.clear();
   order.reserve(N);
   for (int64_t j = 0; j < N; ++j) {
     if (skip && skip[j]) continue;
@@ -349,6 +357,16 @@ void build_tree(KdTree<T>& t, const T* xyz, const uint8_t* skip, int64_t N, int6
     }
     order.push_back({k, static_cast<int32_t>(j)});
   }
+  if (!order.empty()) radix_sort(order);
+}
+
+// Tree over the points of one cloud xyz [N, 3] (row-major, as the op receives it: gathering whole
+// rows in Morton order touches one cache line per point), leaving out those with skip[j] != 0
+// (skip may be null).
+template <typename T>
+void build_tree(KdTree<T>& t, const T* xyz, const uint8_t* skip, int64_t N, int64_t leaf) {
+  std::vector<KeyedId> order;
+  morton_order(xyz, skip, N, order);
   const int32_t n = static_cast<int32_t>(order.size());
   t.nodes.clear();
   t.x.resize(n);
@@ -356,7 +374,6 @@ void build_tree(KdTree<T>& t, const T* xyz, const uint8_t* skip, int64_t N, int6
   t.z.resize(n);
   t.id.resize(n);
   if (n == 0) return;
-  radix_sort(order);
   std::vector<uint64_t> key(n);
   for (int32_t i = 0; i < n; ++i) {
     const int32_t j = order[i].id;
@@ -580,19 +597,36 @@ void build_trees(std::vector<KdTree<T>>& trees, const T* xyz, int64_t B, int64_t
   });
 }
 
-// Ball query: the nsample lowest indices with d^2 < r2, kept in a max-heap. A subtree is skipped
-// when LB >= r2 (no hit inside) or, once the heap is full, when its lowest index exceeds the
-// largest index kept (no hit inside could displace one).
+// The queries q [B, S, 3] as flat indices b * S + s, each cloud's in Morton order of their
+// coordinates: consecutive queries then search the same buckets, which stay in cache. Only the
+// order in which queries are answered changes; every answer is its query's own. (Ball query only:
+// it took 20-30 % off the room and planes cases; kNN's time did not move.)
 template <typename T>
-void ball_tree_visit(const KdTree<T>& t, int32_t node, T cx, T cy, T cz, T r2, int64_t nsample,
+std::vector<int64_t> query_order(const T* q, int64_t B, int64_t S) {
+  std::vector<int64_t> out(B * S);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<KeyedId> order;
+    for (int64_t b = b0; b < b1; ++b) {
+      morton_order(q + b * S * 3, nullptr, S, order);
+      for (int64_t i = 0; i < S; ++i) out[b * S + i] = b * S + order[i].id;
+    }
+  });
+  return out;
+}
+
+// Ball query: the nsample lowest indices >= `from` with d^2 < r2, kept in a max-heap. A subtree
+// is skipped when LB >= r2 (no hit inside) or, once the heap is full, when its lowest index
+// exceeds the largest index kept (no hit inside could displace one).
+template <typename T>
+void ball_tree_visit(const KdTree<T>& t, int32_t node, T cx, T cy, T cz, T r2, int64_t nsample, int32_t from,
                      std::vector<int32_t>& heap) {
   const KdNode<T>& n = t.nodes[node];
   const bool full = static_cast<int64_t>(heap.size()) == nsample;
   if (full && n.min_id >= heap.front()) return;
   if (!(box_lower_bound(n, cx, cy, cz) < r2)) return;
   if (n.right >= 0) {
-    ball_tree_visit(t, node + 1, cx, cy, cz, r2, nsample, heap);
-    ball_tree_visit(t, n.right, cx, cy, cz, r2, nsample, heap);
+    ball_tree_visit(t, node + 1, cx, cy, cz, r2, nsample, from, heap);
+    ball_tree_visit(t, n.right, cx, cy, cz, r2, nsample, from, heap);
     return;
   }
   // distances of the whole bucket first (vectorised, the brute force's expression), then the hits
@@ -605,6 +639,7 @@ void ball_tree_visit(const KdTree<T>& t, int32_t node, T cx, T cy, T cz, T r2, i
   for (int32_t j = 0; j < len; ++j) {
     if (!(d2[j] < r2)) continue;
     const int32_t id = t.id[n.begin + j];
+    if (id < from) continue;
     if (static_cast<int64_t>(heap.size()) < nsample) {
       heap.push_back(id);
       std::push_heap(heap.begin(), heap.end());
@@ -616,28 +651,47 @@ void ball_tree_visit(const KdTree<T>& t, int32_t node, T cx, T cy, T cz, T r2, i
   }
 }
 
+// Points of a ball query scanned in index order before the tree is asked (kBallPrefix), and how
+// far the index-order scan may be expected to run before the tree is preferred (kBallScanReach):
+// with h >= 2 hits among the first kBallPrefix points the nsample-th hit is expected near index
+// nsample * kBallPrefix / h. Dense neighbourhoods (an object, a cluster inside the radius) end
+// within a few hundred indices in index order, while the tree would have to visit every bucket
+// of the ball to be sure of the lowest indices; sparse ones are the tree's.
+constexpr int64_t kBallPrefix = 256;
+constexpr int64_t kBallScanReach = 4096;
+
 template <typename T>
-void ball_query_tree_kernel(const T* xyz, const T* q, int64_t B, int64_t N, int64_t S, T r2, int64_t nsample,
-                            int64_t leaf, int64_t* out) {
+void ball_query_tree_kernel(const T* xyz, const T* planes, const T* q, int64_t B, int64_t N, int64_t S, T r2,
+                            int64_t nsample, int64_t leaf, int64_t prefix_len, int64_t* out) {
   std::vector<KdTree<T>> trees;
   build_trees(trees, xyz, B, N, leaf);
+  const std::vector<int64_t> order = query_order(q, B, S);
+  const int64_t prefix = std::min(N, prefix_len < 0 ? kBallPrefix : prefix_len);
   at::parallel_for(0, B * S, grain(64 * leaf), [&](int64_t i0, int64_t i1) {
     std::vector<int32_t> heap;
     heap.reserve(nsample);
-    for (int64_t i = i0; i < i1; ++i) {
-      const KdTree<T>& t = trees[i / S];
+    for (int64_t r = i0; r < i1; ++r) {
+      const int64_t i = order[r];
+      const int64_t b = i / S;
+      const T* x = planes + b * 3 * N;
       const T* c = q + i * 3;
       int64_t* o = out + i * nsample;
-      heap.clear();
-      ball_tree_visit(t, 0, c[0], c[1], c[2], r2, nsample, heap);
-      if (heap.empty()) {
-        std::fill(o, o + nsample, int64_t(0));
-        continue;
+      // index order first, as the brute force scans: its hits are the brute force's
+      int64_t cnt = 0, j = 0;
+      ball_scan(x, x + N, x + 2 * N, c, r2, nsample, prefix, j, o, cnt);
+      if (cnt < nsample && j < N) {
+        if (cnt >= 2 && nsample * prefix <= cnt * std::max(kBallScanReach, prefix)) {
+          ball_scan(x, x + N, x + 2 * N, c, r2, nsample, N, j, o, cnt);  // dense: on in index order
+        } else {  // sparse: the tree, for the indices past the prefix, on top of the prefix's hits
+          heap.assign(o, o + cnt);
+          std::make_heap(heap.begin(), heap.end());
+          ball_tree_visit(trees[b], 0, c[0], c[1], c[2], r2, nsample, static_cast<int32_t>(prefix), heap);
+          std::sort_heap(heap.begin(), heap.end());  // ascending
+          cnt = static_cast<int64_t>(heap.size());
+          std::copy(heap.begin(), heap.end(), o);
+        }
       }
-      std::sort_heap(heap.begin(), heap.end());  // ascending
-      const int64_t cnt = static_cast<int64_t>(heap.size());
-      for (int64_t j = 0; j < cnt; ++j) o[j] = heap[j];
-      std::fill(o + cnt, o + nsample, int64_t(heap[0]));  // empty slots repeat the first hit
+      ball_fill(o, cnt, nsample);
     }
   });
 }
@@ -645,6 +699,21 @@ void ball_query_tree_kernel(const T* xyz, const T* q, int64_t B, int64_t N, int6
 // kNN: the k smallest (distance, index) pairs, the brute force's order. The list is kept sorted
 // by that pair; a subtree is skipped once the list is full and (LB, its lowest index) is not
 // below the k-th pair, since no point inside can then come before it.
+// Insert (d, id) into the sorted list (bd, bi) of at most k pairs, keeping the brute force's order
+// (distance, then index).
+template <typename T>
+inline void knn_insert(T d, int64_t id, int64_t k, int64_t& filled, T* bd, int64_t* bi) {
+  if (filled == k && !(d < bd[k - 1] || (d == bd[k - 1] && id < bi[k - 1]))) return;
+  int64_t pos = filled < k ? filled++ : k - 1;
+  while (pos > 0 && (d < bd[pos - 1] || (d == bd[pos - 1] && id < bi[pos - 1]))) {
+    bd[pos] = bd[pos - 1];
+    bi[pos] = bi[pos - 1];
+    --pos;
+  }
+  bd[pos] = d;
+  bi[pos] = id;
+}
+
 template <typename T>
 void knn_tree_visit(const KdTree<T>& t, int32_t node, const T* c, int64_t k, int64_t& filled, T* bd, int64_t* bi) {
   const KdNode<T>& n = t.nodes[node];
@@ -665,24 +734,20 @@ void knn_tree_visit(const KdTree<T>& t, int32_t node, const T* c, int64_t k, int
   T d2[kBlock];
   const int32_t len = n.end - n.begin;
   sqdist_block(t.x.data() + n.begin, t.y.data() + n.begin, t.z.data() + n.begin, c[0], c[1], c[2], len, d2);
-  if (filled == k) {  // vectorised test: can anything in this bucket reach the list?
+  // the bucket's points that can reach the list, as a bit mask (a bucket holds at most kBlock = 64):
+  // the loop below then touches only those, without a mispredicted branch per point
+  uint64_t mask = len == 64 ? ~uint64_t(0) : (uint64_t(1) << len) - 1;
+  if (filled == k) {
     const T worst = bd[k - 1];
-    int reach = 0;
-    for (int32_t j = 0; j < len; ++j) reach += d2[j] <= worst;
+    uint64_t reach = 0;
+    for (int32_t j = 0; j < len; ++j) reach |= uint64_t(d2[j] <= worst) << j;
     if (!reach) return;
+    mask = reach;
   }
-  for (int32_t j = 0; j < len; ++j) {
-    const T d = d2[j];
-    const int64_t id = t.id[n.begin + j];
-    if (filled == k && !(d < bd[k - 1] || (d == bd[k - 1] && id < bi[k - 1]))) continue;
-    int64_t pos = filled < k ? filled++ : k - 1;
-    while (pos > 0 && (d < bd[pos - 1] || (d == bd[pos - 1] && id < bi[pos - 1]))) {
-      bd[pos] = bd[pos - 1];
-      bi[pos] = bi[pos - 1];
-      --pos;
-    }
-    bd[pos] = d;
-    bi[pos] = id;
+  while (mask) {
+    const int32_t j = __builtin_ctzll(mask);
+    mask &= mask - 1;
+    knn_insert(d2[j], static_cast<int64_t>(t.id[n.begin + j]), k, filled, bd, bi);
   }
 }
 
@@ -740,22 +805,27 @@ at::Tensor furthest_point_sample(const at::Tensor& xyz, int64_t npoint, const at
   return out;
 }
 
-at::Tensor ball_query(const at::Tensor& xyz, const at::Tensor& new_xyz, double r2, int64_t nsample, int64_t leaf) {
+// prefix (kd-tree path): points scanned in index order before the tree (< 0: kBallPrefix; 0: tree only).
+at::Tensor ball_query(const at::Tensor& xyz, const at::Tensor& new_xyz, double r2, int64_t nsample, int64_t leaf,
+                      int64_t prefix) {
   check(xyz, "xyz");
   check(new_xyz, "new_xyz");
   const auto B = xyz.size(0), N = xyz.size(1), S = new_xyz.size(1);
   check_leaf(leaf, N);
   TORCH_CHECK(leaf <= kBlock, "ball query buckets hold at most ", kBlock, " points");
   auto out = at::empty({B, S, nsample}, xyz.options().dtype(at::kLong));
-  auto p = leaf > 0 ? xyz.contiguous() : planar(xyz);
+  auto planes = planar(xyz);  // the index-order scans read planes; the tree reads rows
   auto q = new_xyz.contiguous();
   AT_DISPATCH_FLOATING_TYPES(xyz.scalar_type(), "ball_query", [&] {
-    if (leaf > 0)
-      ball_query_tree_kernel<scalar_t>(p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, N, S,
-                                       static_cast<scalar_t>(r2), nsample, leaf, out.data_ptr<int64_t>());
-    else
-      ball_query_kernel<scalar_t>(p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, N, S,
+    if (leaf > 0) {
+      auto rows = xyz.contiguous();
+      ball_query_tree_kernel<scalar_t>(rows.data_ptr<scalar_t>(), planes.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
+                                       B, N, S, static_cast<scalar_t>(r2), nsample, leaf, prefix,
+                                       out.data_ptr<int64_t>());
+    } else {
+      ball_query_kernel<scalar_t>(planes.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), B, N, S,
                                   static_cast<scalar_t>(r2), nsample, out.data_ptr<int64_t>());
+    }
   });
   return out;
 }
@@ -786,6 +856,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("furthest_point_sample", &furthest_point_sample,
         "FPS [B,N,3] (+ skip mask, leaf: 0 brute force, >0 kd-tree bucket size, team: threads per cloud) "
         "-> int64 [B,npoint]");
-  m.def("ball_query", &ball_query, "ball query with squared radius r2 (+ leaf) -> int64 [B,S,nsample]");
+  m.def("ball_query", &ball_query,
+        "ball query with squared radius r2 (+ leaf, prefix scanned in index order) -> int64 [B,S,nsample]");
   m.def("knn", &knn, "k nearest neighbours (+ leaf) -> (sqdist [B,S,k], int64 idx [B,S,k])");
 }
