@@ -16,10 +16,14 @@
 
 #include <algorithm>
 #include <atomic>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -43,6 +47,41 @@ inline void sqdist_block(const T* x, const T* y, const T* z, T qx, T qy, T qz, i
     out[j] = (dx * dx + dy * dy) + dz * dz;
   }
 }
+
+// Bit j of the result: d2[j] <= bound, for j < len <= 64 (one compare per vector where the CPU has
+// one; the same IEEE comparison as the scalar loop).
+template <typename T>
+inline uint64_t le_mask(const T* d2, int64_t len, T bound) {
+  uint64_t m = 0;
+  for (int64_t j = 0; j < len; ++j) m |= uint64_t(d2[j] <= bound) << j;
+  return m;
+}
+
+#if defined(__AVX512F__)
+template <>
+inline uint64_t le_mask<float>(const float* d2, int64_t len, float bound) {
+  const __m512 b = _mm512_set1_ps(bound);
+  uint64_t m = 0;
+  for (int64_t j0 = 0; j0 < len; j0 += 16) {
+    const int64_t n = std::min<int64_t>(16, len - j0);
+    const __mmask16 live = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(live, d2 + j0);
+    m |= uint64_t(_mm512_mask_cmp_ps_mask(live, v, b, _CMP_LE_OQ)) << j0;
+  }
+  return m;
+}
+#elif defined(__AVX2__)
+template <>
+inline uint64_t le_mask<float>(const float* d2, int64_t len, float bound) {
+  const __m256 b = _mm256_set1_ps(bound);
+  uint64_t m = 0;
+  int64_t j0 = 0;
+  for (; j0 + 8 <= len; j0 += 8)
+    m |= uint64_t(uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(d2 + j0), b, _CMP_LE_OQ)))) << j0;
+  for (; j0 < len; ++j0) m |= uint64_t(d2[j0] <= bound) << j0;
+  return m;
+}
+#endif
 
 template <typename T> struct SameSizeInt;
 template <> struct SameSizeInt<float> { using type = int32_t; };
@@ -738,16 +777,69 @@ void knn_tree_visit(const KdTree<T>& t, int32_t node, const T* c, int64_t k, int
   // the loop below then touches only those, without a mispredicted branch per point
   uint64_t mask = len == 64 ? ~uint64_t(0) : (uint64_t(1) << len) - 1;
   if (filled == k) {
-    const T worst = bd[k - 1];
-    uint64_t reach = 0;
-    for (int32_t j = 0; j < len; ++j) reach |= uint64_t(d2[j] <= worst) << j;
-    if (!reach) return;
-    mask = reach;
+    mask = le_mask(d2, len, bd[k - 1]);
+    if (!mask) return;
   }
   while (mask) {
     const int32_t j = __builtin_ctzll(mask);
     mask &= mask - 1;
     knn_insert(d2[j], static_cast<int64_t>(t.id[n.begin + j]), k, filled, bd, bi);
+  }
+}
+
+// float32 kNN with each (distance, index) pair packed into one uint64: a non-negative float's bits
+// order like the float, so (bits(d) << 32 | index) orders like the pair (distance, then index), and
+// the list's compare-and-shift works on one integer array instead of a float and an index array.
+// Squared distances are >= +0 (finite inputs; an overflow to inf still orders), indices < 2^31.
+inline uint64_t knn_pack(float d, int64_t id) {
+  uint32_t bits;
+  std::memcpy(&bits, &d, sizeof(bits));
+  return (uint64_t(bits) << 32) | uint64_t(uint32_t(id));
+}
+
+inline float knn_unpack(uint64_t key) {
+  const uint32_t bits = uint32_t(key >> 32);
+  float d;
+  std::memcpy(&d, &bits, sizeof(d));
+  return d;
+}
+
+void knn_tree_visit_packed(const KdTree<float>& t, int32_t node, const float* c, int64_t k, int64_t& filled,
+                           uint64_t* list) {
+  const KdNode<float>& n = t.nodes[node];
+  if (n.right >= 0) {
+    const int32_t l = node + 1, r = n.right;
+    const float lb_l = box_lower_bound(t.nodes[l], c[0], c[1], c[2]);
+    const float lb_r = box_lower_bound(t.nodes[r], c[0], c[1], c[2]);
+    const int32_t first = lb_r < lb_l ? r : l, second = first == l ? r : l;
+    const float lb_first = first == l ? lb_l : lb_r, lb_second = first == l ? lb_r : lb_l;
+    for (int pass = 0; pass < 2; ++pass) {
+      const int32_t child = pass ? second : first;
+      const float lb = pass ? lb_second : lb_first;
+      if (filled == k && !(knn_pack(lb, t.nodes[child].min_id) < list[k - 1])) continue;
+      knn_tree_visit_packed(t, child, c, k, filled, list);
+    }
+    return;
+  }
+  float d2[kBlock];
+  const int32_t len = n.end - n.begin;
+  sqdist_block(t.x.data() + n.begin, t.y.data() + n.begin, t.z.data() + n.begin, c[0], c[1], c[2], len, d2);
+  uint64_t mask = len == 64 ? ~uint64_t(0) : (uint64_t(1) << len) - 1;
+  if (filled == k) {
+    mask = le_mask(d2, len, knn_unpack(list[k - 1]));
+    if (!mask) return;
+  }
+  while (mask) {
+    const int32_t j = __builtin_ctzll(mask);
+    mask &= mask - 1;
+    const uint64_t key = knn_pack(d2[j], t.id[n.begin + j]);
+    if (filled == k && !(key < list[k - 1])) continue;
+    int64_t pos = filled < k ? filled++ : k - 1;
+    while (pos > 0 && key < list[pos - 1]) {
+      list[pos] = list[pos - 1];
+      --pos;
+    }
+    list[pos] = key;
   }
 }
 
@@ -757,9 +849,21 @@ void knn_tree_kernel(const T* xyz, const T* q, int64_t B, int64_t N, int64_t S, 
   std::vector<KdTree<T>> trees;
   build_trees(trees, xyz, B, N, leaf);
   at::parallel_for(0, B * S, grain(64 * leaf), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      int64_t filled = 0;
-      knn_tree_visit(trees[i / S], 0, q + i * 3, k, filled, dist + i * k, idx + i * k);
+    if constexpr (std::is_same_v<T, float>) {
+      std::vector<uint64_t> list(k);
+      for (int64_t i = i0; i < i1; ++i) {
+        int64_t filled = 0;
+        knn_tree_visit_packed(trees[i / S], 0, q + i * 3, k, filled, list.data());
+        for (int64_t m = 0; m < k; ++m) {
+          dist[i * k + m] = knn_unpack(list[m]);
+          idx[i * k + m] = int64_t(uint32_t(list[m]));
+        }
+      }
+    } else {
+      for (int64_t i = i0; i < i1; ++i) {
+        int64_t filled = 0;
+        knn_tree_visit(trees[i / S], 0, q + i * 3, k, filled, dist + i * k, idx + i * k);
+      }
     }
   });
 }
