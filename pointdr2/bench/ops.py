@@ -3,7 +3,8 @@
 The anchor is open3d.ml.torch's CPU ops (compiled C++, shipped in the open3d-cpu wheel) when they
 load beside the installed torch; otherwise the ``cpp`` backend is the timing anchor and the indices
 are checked against a NumPy float64 brute force (never a backend against itself), and the table says
-so. Each row reports the median over ``--repeat`` timed runs (after one warm-up), the ratio to the
+so. Each row reports the median over ``--repeat`` timed runs (after one warm-up; the runs of a case go
+round robin over its backends and anchors, so a slow phase of a shared machine hits all alike), the ratio to the
 anchor (``x anchor`` > 1 means slower), the process CPU time (all threads; it shows the work done
 when the machine is busy, and that open3d's ops use more than one core whatever torch's thread count)
 and whether the indices agree exactly with the anchor's at the first thread count (open3d's own
@@ -271,16 +272,37 @@ def _load_open3d():
         return None, f"open3d.ml.torch unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
 
 
-def _median_ms(fn: Callable[[], object], repeat: int) -> tuple[float, float, object]:
-    """(median wall ms, median process CPU ms, output); CPU time shows the work on a busy machine."""
-    out = fn()  # warm-up (and the C++ build / Triton compile, if any)
-    wall, cpu = [], []
+def _interleaved_ms(runners: dict[str, Callable[[], object]], repeat: int) -> dict[str, tuple[float, float, object]]:
+    """Per runner: (median wall ms, median process CPU ms, output); CPU time shows the work on a busy machine.
+
+    Each runner is warmed up once (and the C++ build / Triton compile, if any), then the timed runs go round
+    robin (one run of each, ``repeat`` times), so a slow phase of a shared machine lands on every runner
+    alike instead of on whichever ran then: the ratios between them stay honest.
+    """
+    out = {name: fn() for name, fn in runners.items()}
+    wall: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3, out
+        for name, fn in runners.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            out[name] = fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {name: (statistics.median(wall[name]) * 1e3, statistics.median(cpu[name]) * 1e3, out[name])
+            for name in runners}
+
+
+def _backend_runner(name: str, case: Case, path: str | None = None) -> Callable[[], object]:
+    """``case.ours`` on ``name``'s backend (``path``: the cpp backend forced onto "brute" or "tree")."""
+    def run():
+        ops.set_backend(name)
+        if path is None:
+            return case.ours(case.inputs)
+        from pointdr2.ops import cpp_backend
+
+        with cpp_backend.forced_path(path):
+            return case.ours(case.inputs)
+    return run
 
 
 @dataclass(frozen=True)
@@ -325,28 +347,27 @@ def measure(args: Options) -> dict:
             reference, first_anchor = None, None
             for threads in thread_counts:
                 torch.set_num_threads(threads)
-                results = {}
-                anchor_ms, anchor_out, fps_ms = None, None, None
+                runners: dict[str, Callable[[], object]] = {}
                 if ml3d is not None:
-                    results["open3d"] = _median_ms(lambda c=case: c.anchor(ml3d, c.inputs), args.repeat)
+                    runners["open3d"] = lambda c=case: c.anchor(ml3d, c.inputs)
+                if fpsample is not None and case.op == "furthest_point_sample":
+                    runners["fpsample"] = lambda c=case: _fpsample_fps(fpsample, c.inputs)
+                for name in backends:
+                    if case.heavy and name != "cpp":
+                        continue  # a Python loop over 10^4 picks of 10^6 points: minutes per run
+                    runners[name] = _backend_runner(name, case)
+                    if name == "cpp" and not case.heavy:  # the brute-force scan: what cpp ran before the buckets
+                        runners["cpp-scan"] = _backend_runner(name, case, "brute")
+                results = _interleaved_ms(runners, args.repeat)
+                anchor_ms, anchor_out, fps_ms = None, None, None
+                if "open3d" in results:
                     anchor_ms, _, anchor_out = results["open3d"]
                     # the indices are compared with the anchor's first thread count: open3d's FPS on
                     # two threads returned other picks on a million-point room in 1 call of 4
                     first_anchor = anchor_out if first_anchor is None else first_anchor
                     anchor_out = first_anchor
-                if fpsample is not None and case.op == "furthest_point_sample":
-                    results["fpsample"] = _median_ms(lambda c=case: _fpsample_fps(fpsample, c.inputs), args.repeat)
+                if "fpsample" in results:
                     fps_ms = results["fpsample"][0]
-                for name in backends:
-                    if case.heavy and name != "cpp":
-                        continue  # a Python loop over 10^4 picks of 10^6 points: minutes per run
-                    ops.set_backend(name)
-                    results[name] = _median_ms(lambda c=case: c.ours(c.inputs), args.repeat)
-                    if name == "cpp" and not case.heavy:  # the brute-force scan: what cpp ran before the buckets
-                        from pointdr2.ops import cpp_backend
-
-                        with cpp_backend.forced_path("brute"):
-                            results["cpp-scan"] = _median_ms(lambda c=case: c.ours(c.inputs), args.repeat)
                 if anchor_ms is None and "cpp" in results:
                     anchor_ms = results["cpp"][0]  # the timing anchor; the indices are checked against NumPy
                 if anchor_out is None:
