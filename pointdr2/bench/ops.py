@@ -272,24 +272,28 @@ def _load_open3d():
         return None, f"open3d.ml.torch unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
 
 
-def _interleaved_ms(runners: dict[str, Callable[[], object]], repeat: int) -> dict[str, tuple[float, float, object]]:
-    """Per runner: (median wall ms, median process CPU ms, output); CPU time shows the work on a busy machine.
+def _interleaved_ms(runners: dict[str, Callable[[], object]], repeat: int
+                    ) -> dict[str, tuple[float, float, object, bool]]:
+    """Per runner: (median wall ms, median process CPU ms, first output, every run gave that output); CPU
+    time shows the work on a busy machine.
 
     Each runner is warmed up once (and the C++ build / Triton compile, if any), then the timed runs go round
     robin (one run of each, ``repeat`` times), so a slow phase of a shared machine lands on every runner
     alike instead of on whichever ran then: the ratios between them stay honest.
     """
-    out = {name: fn() for name, fn in runners.items()}
+    first = {name: fn() for name, fn in runners.items()}
+    stable = dict.fromkeys(runners, True)
     wall: dict[str, list[float]] = {name: [] for name in runners}
     cpu: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeat):
         for name, fn in runners.items():
             t0, c0 = time.perf_counter(), time.process_time()
-            out[name] = fn()
+            out = fn()
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
-    return {name: (statistics.median(wall[name]) * 1e3, statistics.median(cpu[name]) * 1e3, out[name])
-            for name in runners}
+            stable[name] = stable[name] and torch.equal(out, first[name])
+    return {name: (statistics.median(wall[name]) * 1e3, statistics.median(cpu[name]) * 1e3, first[name],
+                   stable[name]) for name in runners}
 
 
 def _backend_runner(name: str, case: Case, path: str | None = None) -> Callable[[], object]:
@@ -361,10 +365,12 @@ def measure(args: Options) -> dict:
                 results = _interleaved_ms(runners, args.repeat)
                 anchor_ms, anchor_out, fps_ms = None, None, None
                 if "open3d" in results:
-                    anchor_ms, _, anchor_out = results["open3d"]
-                    # the indices are compared with the anchor's first thread count: open3d's FPS on
-                    # two threads returned other picks on a million-point room in 1 call of 4
-                    first_anchor = anchor_out if first_anchor is None else first_anchor
+                    anchor_ms, _, out, stable = results["open3d"]
+                    # the indices are compared with the anchor's first output that every one of its runs
+                    # repeated: open3d's FPS uses several threads whatever torch's count and its picks
+                    # vary from run to run on large clouds; without one, with the brute-force reference
+                    if stable and first_anchor is None:
+                        first_anchor = out
                     anchor_out = first_anchor
                 if "fpsample" in results:
                     fps_ms = results["fpsample"][0]
@@ -374,7 +380,7 @@ def measure(args: Options) -> dict:
                     if reference is None:
                         reference = case.reference(case.inputs)
                     anchor_out = reference
-                for name, (ms, cpu_ms, out) in results.items():
+                for name, (ms, cpu_ms, out, stable) in results.items():
                     rows.append({
                         "op": case.op, "case": case.label, "threads": threads, "backend": name,
                         "median_ms": round(ms, 3), "cpu_ms": round(cpu_ms, 3),
@@ -383,6 +389,7 @@ def measure(args: Options) -> dict:
                         "x_scan": round(ms / results["cpp-scan"][0], 2) if name == "cpp" and "cpp-scan" in results
                         else None,
                         "matches_anchor": bool(torch.equal(out, anchor_out)) if anchor_out is not None else None,
+                        "stable": stable,
                     })
                     log.debug("%s %s %s %d threads %.2f ms", case.op, case.label, name, threads, ms)
     finally:
@@ -408,13 +415,15 @@ def format_table(result: dict) -> str:
     lines = [f"machine: {result['machine']}",
              f"anchor: {result['anchor']}; FPS anchor: {result['fps_anchor']}; CPU threads: "
              f"{', '.join(map(str, result['threads']))}; median of {result['repeat']}", "",
-             "| op | case | threads | backend | median ms | CPU ms | x anchor | x fpsample | x scan | same indices as anchor |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+             "| op | case | threads | backend | median ms | CPU ms | x anchor | x fpsample | x scan | same indices as anchor "
+             "| same every run |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---|---|"]
     for r in result["rows"]:
         ratio = "-" if r["x_anchor"] is None else f"{r['x_anchor']:.2f}"
         fps_ratio = "-" if r["x_fpsample"] is None else f"{r['x_fpsample']:.2f}"
         scan_ratio = "-" if r.get("x_scan") is None else f"{r['x_scan']:.2f}"
         same = "-" if r["matches_anchor"] is None else ("yes" if r["matches_anchor"] else "no")
         lines.append(f"| {r['op']} | {r['case']} | {r['threads']} | {r['backend']} | {r['median_ms']:.2f} | "
-                     f"{r['cpu_ms']:.0f} | {ratio} | {fps_ratio} | {scan_ratio} | {same} |")
+                     f"{r['cpu_ms']:.0f} | {ratio} | {fps_ratio} | {scan_ratio} | {same} | "
+                     f"{'yes' if r['stable'] else 'no'} |")
     return "\n".join(lines)
