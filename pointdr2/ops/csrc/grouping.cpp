@@ -737,24 +737,63 @@ void ball_query_tree_kernel(const T* xyz, const T* planes, const T* q, int64_t B
 
 // kNN: the k smallest (distance, index) pairs, the brute force's order. The list is kept sorted
 // by that pair; a subtree is skipped once the list is full and (LB, its lowest index) is not
-// below the k-th pair, since no point inside can then come before it.
-// Insert (d, id) into the sorted list (bd, bi) of at most k pairs, keeping the brute force's order
-// (distance, then index).
+// below the k-th pair, since no point inside can then come before it. Two lists hold the pairs:
+// PairList, a distance array and an index array (any T), and PackedList for float32, where each
+// pair is one uint64 (bits(d) << 32 | index: a non-negative float's bits order like the float, so
+// the key orders like the pair, and a compare-and-shift moves one integer instead of two values;
+// squared distances are >= +0 for finite inputs, an overflow to inf still orders, indices < 2^31).
 template <typename T>
-inline void knn_insert(T d, int64_t id, int64_t k, int64_t& filled, T* bd, int64_t* bi) {
-  if (filled == k && !(d < bd[k - 1] || (d == bd[k - 1] && id < bi[k - 1]))) return;
-  int64_t pos = filled < k ? filled++ : k - 1;
-  while (pos > 0 && (d < bd[pos - 1] || (d == bd[pos - 1] && id < bi[pos - 1]))) {
-    bd[pos] = bd[pos - 1];
-    bi[pos] = bi[pos - 1];
-    --pos;
+struct PairList {
+  T* bd;
+  int64_t* bi;
+  int64_t k;
+  int64_t filled = 0;
+  T bound() const { return bd[k - 1]; }
+  bool before_last(T d, int64_t id) const { return d < bd[k - 1] || (d == bd[k - 1] && id < bi[k - 1]); }
+  void insert(T d, int64_t id) {
+    if (filled == k && !before_last(d, id)) return;
+    int64_t pos = filled < k ? filled++ : k - 1;
+    while (pos > 0 && (d < bd[pos - 1] || (d == bd[pos - 1] && id < bi[pos - 1]))) {
+      bd[pos] = bd[pos - 1];
+      bi[pos] = bi[pos - 1];
+      --pos;
+    }
+    bd[pos] = d;
+    bi[pos] = id;
   }
-  bd[pos] = d;
-  bi[pos] = id;
-}
+};
 
-template <typename T>
-void knn_tree_visit(const KdTree<T>& t, int32_t node, const T* c, int64_t k, int64_t& filled, T* bd, int64_t* bi) {
+struct PackedList {
+  uint64_t* keys;
+  int64_t k;
+  int64_t filled = 0;
+  static uint64_t pack(float d, int64_t id) {
+    uint32_t bits;
+    std::memcpy(&bits, &d, sizeof(bits));
+    return (uint64_t(bits) << 32) | uint64_t(uint32_t(id));
+  }
+  static float distance(uint64_t key) {
+    const uint32_t bits = uint32_t(key >> 32);
+    float d;
+    std::memcpy(&d, &bits, sizeof(d));
+    return d;
+  }
+  float bound() const { return distance(keys[k - 1]); }
+  bool before_last(float d, int64_t id) const { return pack(d, id) < keys[k - 1]; }
+  void insert(float d, int64_t id) {
+    const uint64_t key = pack(d, id);
+    if (filled == k && !(key < keys[k - 1])) return;
+    int64_t pos = filled < k ? filled++ : k - 1;
+    while (pos > 0 && key < keys[pos - 1]) {
+      keys[pos] = keys[pos - 1];
+      --pos;
+    }
+    keys[pos] = key;
+  }
+};
+
+template <typename T, typename List>
+void knn_tree_visit(const KdTree<T>& t, int32_t node, const T* c, List& list) {
   const KdNode<T>& n = t.nodes[node];
   if (n.right >= 0) {
     const int32_t l = node + 1, r = n.right;
@@ -765,8 +804,8 @@ void knn_tree_visit(const KdTree<T>& t, int32_t node, const T* c, int64_t k, int
     for (int pass = 0; pass < 2; ++pass) {
       const int32_t child = pass ? second : first;
       const T lb = pass ? lb_second : lb_first;
-      if (filled == k && !(lb < bd[k - 1] || (lb == bd[k - 1] && t.nodes[child].min_id < bi[k - 1]))) continue;
-      knn_tree_visit(t, child, c, k, filled, bd, bi);
+      if (list.filled == list.k && !list.before_last(lb, t.nodes[child].min_id)) continue;
+      knn_tree_visit(t, child, c, list);
     }
     return;
   }
@@ -776,70 +815,14 @@ void knn_tree_visit(const KdTree<T>& t, int32_t node, const T* c, int64_t k, int
   // the bucket's points that can reach the list, as a bit mask (a bucket holds at most kBlock = 64):
   // the loop below then touches only those, without a mispredicted branch per point
   uint64_t mask = len == 64 ? ~uint64_t(0) : (uint64_t(1) << len) - 1;
-  if (filled == k) {
-    mask = le_mask(d2, len, bd[k - 1]);
+  if (list.filled == list.k) {
+    mask = le_mask(d2, len, list.bound());
     if (!mask) return;
   }
   while (mask) {
     const int32_t j = __builtin_ctzll(mask);
     mask &= mask - 1;
-    knn_insert(d2[j], static_cast<int64_t>(t.id[n.begin + j]), k, filled, bd, bi);
-  }
-}
-
-// float32 kNN with each (distance, index) pair packed into one uint64: a non-negative float's bits
-// order like the float, so (bits(d) << 32 | index) orders like the pair (distance, then index), and
-// the list's compare-and-shift works on one integer array instead of a float and an index array.
-// Squared distances are >= +0 (finite inputs; an overflow to inf still orders), indices < 2^31.
-inline uint64_t knn_pack(float d, int64_t id) {
-  uint32_t bits;
-  std::memcpy(&bits, &d, sizeof(bits));
-  return (uint64_t(bits) << 32) | uint64_t(uint32_t(id));
-}
-
-inline float knn_unpack(uint64_t key) {
-  const uint32_t bits = uint32_t(key >> 32);
-  float d;
-  std::memcpy(&d, &bits, sizeof(d));
-  return d;
-}
-
-void knn_tree_visit_packed(const KdTree<float>& t, int32_t node, const float* c, int64_t k, int64_t& filled,
-                           uint64_t* list) {
-  const KdNode<float>& n = t.nodes[node];
-  if (n.right >= 0) {
-    const int32_t l = node + 1, r = n.right;
-    const float lb_l = box_lower_bound(t.nodes[l], c[0], c[1], c[2]);
-    const float lb_r = box_lower_bound(t.nodes[r], c[0], c[1], c[2]);
-    const int32_t first = lb_r < lb_l ? r : l, second = first == l ? r : l;
-    const float lb_first = first == l ? lb_l : lb_r, lb_second = first == l ? lb_r : lb_l;
-    for (int pass = 0; pass < 2; ++pass) {
-      const int32_t child = pass ? second : first;
-      const float lb = pass ? lb_second : lb_first;
-      if (filled == k && !(knn_pack(lb, t.nodes[child].min_id) < list[k - 1])) continue;
-      knn_tree_visit_packed(t, child, c, k, filled, list);
-    }
-    return;
-  }
-  float d2[kBlock];
-  const int32_t len = n.end - n.begin;
-  sqdist_block(t.x.data() + n.begin, t.y.data() + n.begin, t.z.data() + n.begin, c[0], c[1], c[2], len, d2);
-  uint64_t mask = len == 64 ? ~uint64_t(0) : (uint64_t(1) << len) - 1;
-  if (filled == k) {
-    mask = le_mask(d2, len, knn_unpack(list[k - 1]));
-    if (!mask) return;
-  }
-  while (mask) {
-    const int32_t j = __builtin_ctzll(mask);
-    mask &= mask - 1;
-    const uint64_t key = knn_pack(d2[j], t.id[n.begin + j]);
-    if (filled == k && !(key < list[k - 1])) continue;
-    int64_t pos = filled < k ? filled++ : k - 1;
-    while (pos > 0 && key < list[pos - 1]) {
-      list[pos] = list[pos - 1];
-      --pos;
-    }
-    list[pos] = key;
+    list.insert(d2[j], t.id[n.begin + j]);
   }
 }
 
@@ -850,19 +833,19 @@ void knn_tree_kernel(const T* xyz, const T* q, int64_t B, int64_t N, int64_t S, 
   build_trees(trees, xyz, B, N, leaf);
   at::parallel_for(0, B * S, grain(64 * leaf), [&](int64_t i0, int64_t i1) {
     if constexpr (std::is_same_v<T, float>) {
-      std::vector<uint64_t> list(k);
+      std::vector<uint64_t> keys(k);
       for (int64_t i = i0; i < i1; ++i) {
-        int64_t filled = 0;
-        knn_tree_visit_packed(trees[i / S], 0, q + i * 3, k, filled, list.data());
+        PackedList list{keys.data(), k};
+        knn_tree_visit(trees[i / S], 0, q + i * 3, list);
         for (int64_t m = 0; m < k; ++m) {
-          dist[i * k + m] = knn_unpack(list[m]);
-          idx[i * k + m] = int64_t(uint32_t(list[m]));
+          dist[i * k + m] = PackedList::distance(keys[m]);
+          idx[i * k + m] = int64_t(uint32_t(keys[m]));
         }
       }
     } else {
       for (int64_t i = i0; i < i1; ++i) {
-        int64_t filled = 0;
-        knn_tree_visit(trees[i / S], 0, q + i * 3, k, filled, dist + i * k, idx + i * k);
+        PairList<T> list{dist + i * k, idx + i * k, k};
+        knn_tree_visit(trees[i / S], 0, q + i * 3, list);
       }
     }
   });
