@@ -53,4 +53,5 @@ def test_bad_options_are_one_line_errors():
     with pytest.raises(ValueError, match="--device"):
         bench_plan.cases_of(_args(device="tpu"))
     cases = bench_plan.cases_of(_args(quick=False, short=True))
-    assert [(c["batches"], c["points"]) for c in cases] == [([32], [1024]), ([2], [24000]), ([16], [2048])]
+    assert [(c["batches"], c["points"]) for c in cases] == [([32], [1024]), ([2], [24000]), ([16], [2048]),
+                                                            ([8], [2048])]

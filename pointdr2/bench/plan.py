@@ -15,7 +15,8 @@ within 20 %.
 Cases (full run): Point-MAE (``modelnet40/pointmae.yaml``, 1,024 points, batch 8/16/32 predicted from
 batches 2 and 4), PointNeXt-L (``s3dis/pointnext-l.yaml``, S3DIS-like crops of 8k/16k/24k points at batch
 2, predicted from crops of 4,000 and 2,000 points) and Point-MAE part segmentation
-(``shapenetpart/pointmae.yaml``, 2,048 points, batch 4/8/16 predicted from batches 2 and 4). ``--quick``:
+(``shapenetpart/pointmae.yaml``, 2,048 points, batch 4/8/16 predicted from batches 2 and 4) and PointNeXt-S part
+segmentation (``shapenetpart/pointnext-s.yaml``, batch 4/8 from batches 2 and 4). ``--quick``:
 tiny versions of the three (seconds).
 """
 
@@ -43,6 +44,8 @@ CASES = [
     {"name": "pointnext-l", "config": "s3dis/pointnext-l.yaml", "overrides": [], "batches": [2],
      "points": [8000, 16000, 24000], "probe_points": 4000},
     {"name": "pointmae-partseg", "config": "shapenetpart/pointmae.yaml", "overrides": [], "batches": [4, 8, 16],
+     "points": [2048], "probe_points": None},
+    {"name": "pointnext-s-partseg", "config": "shapenetpart/pointnext-s.yaml", "overrides": [], "batches": [4, 8],
      "points": [2048], "probe_points": None},
 ]
 QUICK_CASES = [

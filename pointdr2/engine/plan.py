@@ -154,18 +154,21 @@ class Segment:
     """One segment of a step (``label``: the operation running; ``#i`` counts repeats), fitted as bytes
     above the step's start: ``full`` at the ops memory budget, ``floor`` with chunks of ``FLOOR_BUDGET``.
 
-    ``peak(b, n, cap) = floor + min(max(full - floor, 0), cap)``: what grows above the floor is one chunk's
-    grouped tensors, which never exceed the chunk budget ``cap`` (None: no cap).
+    ``peak(b, n, cap) = floor + min(max(full - floor, 0), max(cap, seen))``: what grows above the floor is one
+    chunk's grouped tensors, which stay within the chunk budget ``cap`` (None: no cap), unless the probes
+    themselves saw more grow (``seen``: the largest growth measured at a probe; e.g. a ball query's
+    temporaries, bounded by the whole ops budget): the model never predicts less than its own probes measured.
     """
 
     label: str
     full: Affine
     floor: Affine
+    seen: float = 0.0
 
     def peak(self, batch: int, points: int, cap: float | None) -> float:
         floor = self.floor(batch, points)
         grow = max(0.0, self.full(batch, points) - floor)
-        return floor + (grow if cap is None else min(grow, cap))
+        return floor + (grow if cap is None else min(grow, max(cap, self.seen)))
 
 
 @dataclass
@@ -593,7 +596,8 @@ def _segments(measured: dict) -> list[Segment]:
     keys = set.intersection(*(set(p["segments"]) for p in full + floor))
     order = [k for k in full[-1]["segments"] if k in keys]
     return [Segment(k, Affine.fit([(p["batch"], p["points"], p["segments"][k]) for p in full], per_sample=False),
-                    Affine.fit([(p["batch"], p["points"], p["segments"][k]) for p in floor], per_sample=False))
+                    Affine.fit([(p["batch"], p["points"], p["segments"][k]) for p in floor], per_sample=False),
+                    float(max(0, *(a["segments"][k] - b["segments"][k] for a, b in zip(full, floor)))))
             for k in order]
 
 

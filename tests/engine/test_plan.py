@@ -283,6 +283,10 @@ def test_segment_peak_is_its_floor_plus_the_growth_capped_at_one_chunk():
     assert seg.peak(2, 100_000, cap=None) == pytest.approx(1e6 + 2 * 100.0 * 100_000)
     below = Segment("forward head", full=Affine(0.0, 0.0, 10.0), floor=Affine(0.0, 0.0, 12.0))
     assert below.peak(1, 1000, cap=5.0) == pytest.approx(12_000)  # noise below the floor adds nothing
+    # the probes saw 3e6 grow above the floor (more than the chunk cap): never predict less than they measured
+    seen = Segment("backward sa", full=Affine(0.0, 0.0, 100.0), floor=Affine(0.0, 0.0, 20.0), seen=3e6)
+    assert seen.peak(1, 25_000, cap=1e6) == pytest.approx(100.0 * 25_000)  # growth 2e6 < seen: the full fit
+    assert seen.peak(1, 100_000, cap=1e6) == pytest.approx(20.0 * 100_000 + 3e6)
 
 
 def test_per_point_fit_without_a_per_sample_term_is_least_squares_through_three_probes():
