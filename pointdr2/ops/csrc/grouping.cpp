@@ -435,6 +435,13 @@ struct FpsTreeState {
   std::vector<int32_t> cand;
 };
 
+// The FPS combine rule, the brute force's first maximum: (a's maximum, its lowest index) comes before
+// b's when the maximum is larger, or equal with a lower original index.
+template <typename T>
+inline bool fps_first(T best_a, int32_t cand_a, T best_b, int32_t cand_b) {
+  return best_a > best_b || (best_a == best_b && cand_a < cand_b);
+}
+
 // Fold the new pick c into the subtree at `node`. A subtree with LB >= best[node] is left alone:
 // every point p there has d(p, c) >= LB >= best >= mind[p], so the brute force's min(mind, d)
 // keeps mind[p] (the update only takes a strictly smaller d).
@@ -473,8 +480,7 @@ void fps_tree_update(const KdTree<T>& t, FpsTreeState<T>& s, int32_t node, T cx,
   const int32_t l = node + 1, r = n.right;
   fps_tree_update(t, s, l, cx, cy, cz);
   fps_tree_update(t, s, r, cx, cy, cz);
-  // larger maximum wins; equal maxima go to the lower original index
-  const bool take_right = s.best[r] > s.best[l] || (s.best[r] == s.best[l] && s.cand[r] < s.cand[l]);
+  const bool take_right = fps_first(s.best[r], s.cand[r], s.best[l], s.cand[l]);
   s.best[node] = take_right ? s.best[r] : s.best[l];
   s.cand[node] = take_right ? s.cand[r] : s.cand[l];
 }
@@ -531,8 +537,8 @@ std::vector<int32_t> tree_parts(const KdTree<T>& t, size_t want) {
 
 // One cloud's FPS on a team of `team` threads: the tree is cut into parts (a few per thread,
 // dealt out by size), each thread folds every pick into its own parts, and after one barrier
-// every thread takes the next pick from the parts' maxima with the serial combine's rule (larger
-// maximum; on equal maxima the lower original index). The parts' (maximum, index) pairs are
+// every thread takes the next pick from the parts' maxima with the serial combine's rule
+// (fps_first). The parts' (maximum, index) pairs are
 // distinct, so that rule has one answer in any order, the one fps_tree_update gives at the root:
 // the picks are the serial path's. The pairs are double-buffered by pick parity, so a thread
 // that runs ahead into the next pick never overwrites what a slower one is still reading.
@@ -570,9 +576,8 @@ void fps_tree_team(const KdTree<T>& t, FpsTreeState<T>& s, const T* xyz, int64_t
       T bb = best[par][0];
       int32_t bc = cand[par][0];
       for (size_t f = 1; f < parts.size(); ++f) {
-        const T v = best[par][f];
-        if (v > bb || (v == bb && cand[par][f] < bc)) {
-          bb = v;
+        if (fps_first(best[par][f], cand[par][f], bb, bc)) {
+          bb = best[par][f];
           bc = cand[par][f];
         }
       }
@@ -749,11 +754,12 @@ struct PairList {
   int64_t k;
   int64_t filled = 0;
   T bound() const { return bd[k - 1]; }
-  bool before_last(T d, int64_t id) const { return d < bd[k - 1] || (d == bd[k - 1] && id < bi[k - 1]); }
+  bool before(T d, int64_t id, int64_t m) const { return d < bd[m] || (d == bd[m] && id < bi[m]); }
+  bool before_last(T d, int64_t id) const { return before(d, id, k - 1); }
   void insert(T d, int64_t id) {
     if (filled == k && !before_last(d, id)) return;
     int64_t pos = filled < k ? filled++ : k - 1;
-    while (pos > 0 && (d < bd[pos - 1] || (d == bd[pos - 1] && id < bi[pos - 1]))) {
+    while (pos > 0 && before(d, id, pos - 1)) {
       bd[pos] = bd[pos - 1];
       bi[pos] = bi[pos - 1];
       --pos;
