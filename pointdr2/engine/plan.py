@@ -210,8 +210,7 @@ class ModeRow:
         """The segment that peaks at this size and its bytes above the step's start (None, 0 without segments)."""
         if not self.segments:
             return None, 0.0
-        seg = max(self.segments, key=lambda s: s.peak(batch, points, self.chunk_cap))
-        return seg.label, seg.peak(batch, points, self.chunk_cap)
+        return max(((s.label, s.peak(batch, points, self.chunk_cap)) for s in self.segments), key=lambda t: t[1])
 
     def transient_bytes(self, batch: int, points: int) -> float:
         if self.segments:
@@ -553,10 +552,10 @@ def _measure_row(cfg, ft: dict, alpha: float, beta: float, *, model_fn: Callable
         marks = {}
         if tracker is not None and tracker.ok:
             peak, peak_at = tracker.peak - base, tracker.peak_at
-            seen: dict[str, int] = {}
+            repeats: dict[str, int] = {}
             for label, high in tracker.segments:
-                seen[label] = seen.get(label, 0) + 1
-                marks[label if seen[label] == 1 else f"{label}#{seen[label]}"] = int(high - base)
+                repeats[label] = repeats.get(label, 0) + 1
+                marks[label if repeats[label] == 1 else f"{label}#{repeats[label]}"] = int(high - base)
         else:
             peak, peak_at = rss.peak_kb * 1024 - base, None
         return {"batch": b, "points": n, "saved_bytes": int(meter.bytes), "segments": marks,

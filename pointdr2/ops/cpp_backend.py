@@ -23,6 +23,7 @@ import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
@@ -59,7 +60,18 @@ FPS_TEAM_MIN_N = 1 << 18      # FPS with fewer clouds than threads: from this ma
 BALL_TREE_MIN_N = 4096         # ball query: points per cloud and queries per cloud
 BALL_TREE_MIN_QUERIES = 256
 _MAX_SEARCH_LEAF = 64
-_forced: tuple[str, int | None, int | None, int | None] | None = None
+
+
+class _Forced(NamedTuple):
+    """What :func:`forced_path` set (None: chosen by size)."""
+
+    path: str
+    leaf: int | None
+    team: int | None
+    prefix: int | None
+
+
+_forced: _Forced | None = None
 
 
 @contextlib.contextmanager
@@ -76,7 +88,7 @@ def forced_path(path: str, leaf: int | None = None, team: int | None = None, pre
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
             kind = "a positive" if low else "a non-negative"
             raise ValueError(f"{name} must be {kind} integer or None; got {value!r}")
-    previous, _forced = _forced, (path, leaf, team, prefix)
+    previous, _forced = _forced, _Forced(path, leaf, team, prefix)
     try:
         yield
     finally:
@@ -86,8 +98,7 @@ def forced_path(path: str, leaf: int | None = None, team: int | None = None, pre
 def _leaf(use_tree: bool, default: int) -> int:
     """The kernels' ``leaf`` argument: 0 for the brute-force scan, else the bucket size."""
     if _forced is not None:
-        path, leaf, _, _ = _forced
-        return (leaf or default) if path == "tree" else 0
+        return (_forced.leaf or default) if _forced.path == "tree" else 0
     return default if use_tree else 0
 
 
@@ -214,8 +225,8 @@ def furthest_point_sample(xyz: torch.Tensor, npoint: int, *, skip_origin: bool =
 def fps_team(batch: int, n: int, leaf: int) -> int:
     """Threads per cloud of the kd-tree FPS: all of torch's threads for fewer clouds than threads of
     ``FPS_TEAM_MIN_N`` points or more (``forced_path(..., team=)`` overrides), else 1 (one thread per cloud)."""
-    if _forced is not None and _forced[2] is not None:
-        return _forced[2]
+    if _forced is not None and _forced.team is not None:
+        return _forced.team
     threads = torch.get_num_threads()
     return threads if leaf and batch < threads and n >= FPS_TEAM_MIN_N else 1
 
@@ -229,7 +240,7 @@ def _knn_leaf(query: torch.Tensor, support: torch.Tensor, k: int) -> int:
 def ball_query(xyz: torch.Tensor, new_xyz: torch.Tensor, radius: float, nsample: int) -> torch.Tensor:
     use = xyz.shape[1] >= BALL_TREE_MIN_N and new_xyz.shape[1] >= BALL_TREE_MIN_QUERIES
     leaf = min(_leaf(use, SEARCH_LEAF), _MAX_SEARCH_LEAF)
-    prefix = -1 if _forced is None or _forced[3] is None else _forced[3]
+    prefix = -1 if _forced is None or _forced.prefix is None else _forced.prefix
     return load().ball_query(xyz, new_xyz, radius_squared(radius, xyz.dtype), int(nsample), leaf, prefix)
 
 
